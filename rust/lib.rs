@@ -1,0 +1,16 @@
+//! Rust core of f2c. Pure-Rust modules hold the logic and their own `cargo test`s;
+//! `bindings` wraps them for Python; the `#[pymodule]` below only wires classes.
+
+pub mod error;
+pub mod pool_index;
+
+mod bindings;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<bindings::pool::PyClassPoolIndex>()?;
+    Ok(())
+}

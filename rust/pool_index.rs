@@ -1,0 +1,604 @@
+//! The LRU index of F²C's dynamic class pool: class id → pool slot.
+//!
+//! Array-backed: slot `s` is node `s` of a doubly linked recency list (`prev`/`next` as u32
+//! links, head = most recent). Class ids below `DENSE_LIMIT` map through a flat table (the fast
+//! path for dense labels 0..C); larger ids go through a hash map. Every assign keeps a journal of
+//! the list operations it did, so a call can be reverted exactly (pass A of an F²C step) and a
+//! call that would overflow the pool is rolled back before it returns an error.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::error::{F2cError, Result};
+
+const NIL: u32 = u32::MAX;
+/// Ids below this go through the dense table (at most 256 MiB of u32 entries).
+const DENSE_LIMIT: u64 = 1 << 26;
+const EMPTY_LABEL: u64 = u64::MAX;
+
+/// A multiplicative hasher for u64 keys (class ids are not attacker-chosen).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[derive(Default, Clone)]
+struct LabelMap {
+    dense: Vec<u32>,
+    sparse: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+}
+
+impl LabelMap {
+    #[inline]
+    fn get(&self, label: u64) -> Option<u32> {
+        if label < DENSE_LIMIT {
+            match self.dense.get(label as usize) {
+                Some(&s) if s != NIL => Some(s),
+                _ => None,
+            }
+        } else {
+            self.sparse.get(&label).copied()
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, label: u64, slot: u32) {
+        if label < DENSE_LIMIT {
+            let i = label as usize;
+            if i >= self.dense.len() {
+                let new_len = (i + 1).max(self.dense.len() * 3 / 2).min(DENSE_LIMIT as usize);
+                self.dense.resize(new_len, NIL);
+            }
+            self.dense[i] = slot;
+        } else {
+            self.sparse.insert(label, slot);
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, label: u64) {
+        if label < DENSE_LIMIT {
+            if let Some(s) = self.dense.get_mut(label as usize) {
+                *s = NIL;
+            }
+        } else {
+            self.sparse.remove(&label);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// The class was present; its slot moved to the front.
+    Hit,
+    /// The class took a never-used slot.
+    Fill,
+    /// The class took the least-recently-used slot from `old_label`.
+    Evict,
+}
+
+/// One list operation, with what is needed to reverse it.
+#[derive(Clone, Copy, Debug)]
+struct JournalEntry {
+    op: Op,
+    slot: u32,
+    old_prev: u32,
+    old_next: u32,
+    old_label: u64,
+    new_label: u64,
+}
+
+/// What one `assign` call reports, besides the per-label outputs written in place.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AssignSummary {
+    pub evicted: Vec<i64>,
+}
+
+#[derive(Clone)]
+pub struct ClassPoolIndex {
+    capacity: u32,
+    used: u32,
+    head: u32,
+    tail: u32,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    slot_label: Vec<u64>,
+    /// The call number that last touched each slot: an eviction of a slot touched by the same
+    /// call means that call holds more distinct classes than the capacity.
+    touched: Vec<u64>,
+    call: u64,
+    map: LabelMap,
+    undo_stack: Vec<Vec<JournalEntry>>,
+    journal: Vec<JournalEntry>,
+}
+
+impl ClassPoolIndex {
+    pub fn new(capacity: usize) -> Result<Self> {
+        if capacity < 1 || capacity >= NIL as usize {
+            return Err(F2cError::InvalidInput(format!(
+                "capacity must be between 1 and {}, got {capacity}",
+                NIL - 1
+            )));
+        }
+        Ok(ClassPoolIndex {
+            capacity: capacity as u32,
+            used: 0,
+            head: NIL,
+            tail: NIL,
+            prev: vec![NIL; capacity],
+            next: vec![NIL; capacity],
+            slot_label: vec![EMPTY_LABEL; capacity],
+            touched: vec![0; capacity],
+            call: 0,
+            map: LabelMap::default(),
+            undo_stack: Vec::new(),
+            journal: Vec::new(),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.used as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Number of undoable assigns that `undo` can still revert.
+    pub fn undo_depth(&self) -> usize {
+        self.undo_stack.len()
+    }
+
+    pub fn contains(&self, label: i64) -> bool {
+        label >= 0 && self.map.get(label as u64).is_some()
+    }
+
+    fn check_labels(labels: &[i64]) -> Result<()> {
+        if let Some(pos) = labels.iter().position(|&l| l < 0) {
+            return Err(F2cError::InvalidInput(format!(
+                "class ids must be non-negative, got {} at position {pos}",
+                labels[pos]
+            )));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn unlink_head(&mut self, s: u32) {
+        debug_assert_eq!(self.head, s);
+        let n = self.next[s as usize];
+        self.head = n;
+        if n != NIL {
+            self.prev[n as usize] = NIL;
+        } else {
+            self.tail = NIL;
+        }
+    }
+
+    #[inline]
+    fn push_front(&mut self, s: u32) {
+        self.prev[s as usize] = NIL;
+        self.next[s as usize] = self.head;
+        if self.head != NIL {
+            self.prev[self.head as usize] = s;
+        } else {
+            self.tail = s;
+        }
+        self.head = s;
+    }
+
+    #[inline]
+    fn move_to_front(&mut self, s: u32) {
+        if self.head == s {
+            return;
+        }
+        let p = self.prev[s as usize];
+        let n = self.next[s as usize];
+        // s is not the head, so it has a predecessor.
+        self.next[p as usize] = n;
+        if n != NIL {
+            self.prev[n as usize] = p;
+        } else {
+            self.tail = p;
+        }
+        self.push_front(s);
+    }
+
+    #[inline]
+    fn relink(&mut self, s: u32, p: u32, n: u32) {
+        self.prev[s as usize] = p;
+        self.next[s as usize] = n;
+        if p != NIL {
+            self.next[p as usize] = s;
+        } else {
+            self.head = s;
+        }
+        if n != NIL {
+            self.prev[n as usize] = s;
+        } else {
+            self.tail = s;
+        }
+    }
+
+    fn revert(&mut self, journal: &[JournalEntry]) {
+        for e in journal.iter().rev() {
+            self.unlink_head(e.slot);
+            match e.op {
+                Op::Fill => {
+                    self.used -= 1;
+                    self.slot_label[e.slot as usize] = EMPTY_LABEL;
+                    self.map.remove(e.new_label);
+                }
+                Op::Evict => {
+                    self.map.remove(e.new_label);
+                    self.map.insert(e.old_label, e.slot);
+                    self.slot_label[e.slot as usize] = e.old_label;
+                    self.relink(e.slot, e.old_prev, e.old_next);
+                }
+                Op::Hit => self.relink(e.slot, e.old_prev, e.old_next),
+            }
+        }
+    }
+
+    /// Map `labels` to slots exactly as an LRU consulted one label at a time would, writing
+    /// the slot and hit flag of every label into `slots` / `hit` (same length as `labels`).
+    /// With `undoable`, the call can later be reverted by `undo`. On error nothing changes.
+    pub fn assign_into(
+        &mut self,
+        labels: &[i64],
+        slots: &mut [i64],
+        hit: &mut [bool],
+        undoable: bool,
+    ) -> Result<AssignSummary> {
+        if slots.len() != labels.len() || hit.len() != labels.len() {
+            return Err(F2cError::InvalidInput("output buffers must match labels".into()));
+        }
+        Self::check_labels(labels)?;
+        self.call += 1;
+        let call = self.call;
+        let mut journal = std::mem::take(&mut self.journal);
+        journal.clear();
+        let mut summary = AssignSummary::default();
+
+        for (i, &raw) in labels.iter().enumerate() {
+            let label = raw as u64;
+            if let Some(s) = self.map.get(label) {
+                journal.push(JournalEntry {
+                    op: Op::Hit,
+                    slot: s,
+                    old_prev: self.prev[s as usize],
+                    old_next: self.next[s as usize],
+                    old_label: label,
+                    new_label: label,
+                });
+                self.move_to_front(s);
+                self.touched[s as usize] = call;
+                slots[i] = i64::from(s);
+                hit[i] = true;
+            } else if self.used < self.capacity {
+                let s = self.used;
+                self.used += 1;
+                journal.push(JournalEntry {
+                    op: Op::Fill,
+                    slot: s,
+                    old_prev: NIL,
+                    old_next: NIL,
+                    old_label: EMPTY_LABEL,
+                    new_label: label,
+                });
+                self.slot_label[s as usize] = label;
+                self.map.insert(label, s);
+                self.push_front(s);
+                self.touched[s as usize] = call;
+                slots[i] = i64::from(s);
+                hit[i] = false;
+            } else {
+                let s = self.tail;
+                if self.touched[s as usize] == call {
+                    // Every slot already holds a class of this call: roll back and report.
+                    self.revert(&journal);
+                    self.journal = journal;
+                    let mut distinct: Vec<i64> = labels.to_vec();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    return Err(F2cError::CapacityExceeded {
+                        distinct: distinct.len(),
+                        capacity: self.capacity as usize,
+                    });
+                }
+                let old = self.slot_label[s as usize];
+                journal.push(JournalEntry {
+                    op: Op::Evict,
+                    slot: s,
+                    old_prev: self.prev[s as usize],
+                    old_next: NIL,
+                    old_label: old,
+                    new_label: label,
+                });
+                self.map.remove(old);
+                self.map.insert(label, s);
+                self.slot_label[s as usize] = label;
+                self.move_to_front(s);
+                self.touched[s as usize] = call;
+                summary.evicted.push(old as i64);
+                slots[i] = i64::from(s);
+                hit[i] = false;
+            }
+        }
+
+        if undoable {
+            self.undo_stack.push(journal);
+        } else {
+            self.journal = journal;
+        }
+        Ok(summary)
+    }
+
+    /// Convenience form of `assign_into` that allocates its outputs.
+    pub fn assign(
+        &mut self,
+        labels: &[i64],
+        undoable: bool,
+    ) -> Result<(Vec<i64>, Vec<bool>, Vec<i64>)> {
+        let mut slots = vec![0i64; labels.len()];
+        let mut hit = vec![false; labels.len()];
+        let summary = self.assign_into(labels, &mut slots, &mut hit, undoable)?;
+        Ok((slots, hit, summary.evicted))
+    }
+
+    /// Revert the most recent undoable assign exactly (residency, slots and recency order).
+    pub fn undo(&mut self) -> Result<()> {
+        let journal = self.undo_stack.pop().ok_or(F2cError::NothingToUndo)?;
+        self.revert(&journal);
+        // Keep the allocation for the next call.
+        if journal.capacity() > self.journal.capacity() {
+            self.journal = journal;
+        }
+        Ok(())
+    }
+
+    /// Slots of `labels` (-1 where absent). Changes nothing.
+    pub fn lookup_into(&self, labels: &[i64], slots: &mut [i64]) -> Result<()> {
+        if slots.len() != labels.len() {
+            return Err(F2cError::InvalidInput("output buffer must match labels".into()));
+        }
+        Self::check_labels(labels)?;
+        for (out, &l) in slots.iter_mut().zip(labels) {
+            *out = self.map.get(l as u64).map_or(-1, i64::from);
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, labels: &[i64]) -> Result<Vec<i64>> {
+        let mut slots = vec![0i64; labels.len()];
+        self.lookup_into(labels, &mut slots)?;
+        Ok(slots)
+    }
+
+    /// (class ids, slots), most recent first.
+    pub fn entries(&self) -> (Vec<i64>, Vec<i64>) {
+        let mut keys = Vec::with_capacity(self.used as usize);
+        let mut slots = Vec::with_capacity(self.used as usize);
+        let mut s = self.head;
+        while s != NIL {
+            keys.push(self.slot_label[s as usize] as i64);
+            slots.push(i64::from(s));
+            s = self.next[s as usize];
+        }
+        (keys, slots)
+    }
+
+    /// Rebuild an index from `entries()` output. Validates everything: a state is only
+    /// accepted if some sequence of assigns could have produced it.
+    pub fn from_entries(capacity: usize, keys: &[i64], slots: &[i64]) -> Result<Self> {
+        let mut index = ClassPoolIndex::new(capacity)
+            .map_err(|e| F2cError::CorruptState(e.to_string()))?;
+        if keys.len() != slots.len() {
+            return Err(F2cError::CorruptState(format!(
+                "{} keys but {} slots",
+                keys.len(),
+                slots.len()
+            )));
+        }
+        if keys.len() > capacity {
+            return Err(F2cError::CorruptState(format!(
+                "{} entries exceed capacity {capacity}",
+                keys.len()
+            )));
+        }
+        let n = keys.len();
+        let mut seen_slot = vec![false; n];
+        for (&k, &s) in keys.iter().zip(slots) {
+            if k < 0 {
+                return Err(F2cError::CorruptState(format!("negative class id {k}")));
+            }
+            // Slots are handed out lowest-first and never freed, so n entries use 0..n.
+            if s < 0 || s as usize >= n || seen_slot[s as usize] {
+                return Err(F2cError::CorruptState(format!(
+                    "slot {s} is out of range 0..{n} or repeated"
+                )));
+            }
+            seen_slot[s as usize] = true;
+            if index.map.get(k as u64).is_some() {
+                return Err(F2cError::CorruptState(format!("class id {k} appears twice")));
+            }
+            index.map.insert(k as u64, s as u32);
+            index.slot_label[s as usize] = k as u64;
+        }
+        // keys are most recent first: append each at the back.
+        let mut last = NIL;
+        for &s in slots {
+            let s = s as u32;
+            index.relink(s, last, NIL);
+            last = s;
+        }
+        index.used = n as u32;
+        Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(index: &ClassPoolIndex) -> Vec<i64> {
+        index.entries().0
+    }
+
+    #[test]
+    fn fills_lowest_slot_then_evicts_lru() {
+        let mut idx = ClassPoolIndex::new(3).unwrap();
+        let (slots, hit, ev) = idx.assign(&[10, 11, 12], false).unwrap();
+        assert_eq!(slots, vec![0, 1, 2]);
+        assert_eq!(hit, vec![false; 3]);
+        assert!(ev.is_empty());
+        // 10 becomes most recent; 13 evicts the LRU class 11 and takes its slot 1.
+        let (slots, hit, ev) = idx.assign(&[10, 13], false).unwrap();
+        assert_eq!(slots, vec![0, 1]);
+        assert_eq!(hit, vec![true, false]);
+        assert_eq!(ev, vec![11]);
+        assert_eq!(keys(&idx), vec![13, 10, 12]);
+        assert_eq!(idx.lookup(&[11, 12, 13]).unwrap(), vec![-1, 2, 1]);
+    }
+
+    #[test]
+    fn repeated_label_in_one_call_is_a_hit() {
+        let mut idx = ClassPoolIndex::new(2).unwrap();
+        let (slots, hit, _) = idx.assign(&[5, 5, 5], false).unwrap();
+        assert_eq!(slots, vec![0, 0, 0]);
+        assert_eq!(hit, vec![false, true, true]);
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn undo_restores_exact_state_lifo() {
+        let mut idx = ClassPoolIndex::new(4).unwrap();
+        idx.assign(&[1, 2, 3, 4], false).unwrap();
+        let before = idx.entries();
+        idx.assign(&[9, 2, 8], true).unwrap();
+        let middle = idx.entries();
+        idx.assign(&[7, 1, 6, 9], true).unwrap();
+        idx.undo().unwrap();
+        assert_eq!(idx.entries(), middle);
+        idx.undo().unwrap();
+        assert_eq!(idx.entries(), before);
+        assert_eq!(idx.undo(), Err(F2cError::NothingToUndo));
+    }
+
+    #[test]
+    fn undo_of_fills_frees_slots() {
+        let mut idx = ClassPoolIndex::new(4).unwrap();
+        idx.assign(&[1], false).unwrap();
+        idx.assign(&[2, 3], true).unwrap();
+        idx.undo().unwrap();
+        assert_eq!(idx.len(), 1);
+        let (slots, _, _) = idx.assign(&[4], false).unwrap();
+        assert_eq!(slots, vec![1]);
+    }
+
+    #[test]
+    fn overflow_is_refused_and_rolled_back() {
+        let mut idx = ClassPoolIndex::new(3).unwrap();
+        idx.assign(&[1, 2, 3], false).unwrap();
+        let before = idx.entries();
+        let err = idx.assign(&[4, 5, 4, 6, 7], false).unwrap_err();
+        assert_eq!(err, F2cError::CapacityExceeded { distinct: 4, capacity: 3 });
+        assert_eq!(idx.entries(), before);
+        // Exactly `capacity` distinct classes is fine.
+        idx.assign(&[4, 5, 6, 4], false).unwrap();
+        assert_eq!(keys(&idx), vec![4, 6, 5]);
+    }
+
+    #[test]
+    fn sparse_and_dense_ids_mix() {
+        let mut idx = ClassPoolIndex::new(3).unwrap();
+        let big = (1i64 << 40) + 7;
+        idx.assign(&[big, 3, i64::MAX], false).unwrap();
+        assert!(idx.contains(big));
+        assert!(idx.contains(i64::MAX));
+        let (_, _, ev) = idx.assign(&[1], false).unwrap();
+        assert_eq!(ev, vec![big]);
+        assert!(!idx.contains(big));
+    }
+
+    #[test]
+    fn bad_input_is_rejected() {
+        assert!(ClassPoolIndex::new(0).is_err());
+        let mut idx = ClassPoolIndex::new(2).unwrap();
+        assert!(matches!(idx.assign(&[1, -1], false), Err(F2cError::InvalidInput(_))));
+        assert!(idx.is_empty());
+        assert!(idx.lookup(&[-3]).is_err());
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let mut idx = ClassPoolIndex::new(5).unwrap();
+        idx.assign(&[4, 8, 15, 16, 23], false).unwrap();
+        idx.assign(&[42, 8], false).unwrap();
+        let (k, s) = idx.entries();
+        let mut copy = ClassPoolIndex::from_entries(5, &k, &s).unwrap();
+        assert_eq!(copy.entries(), idx.entries());
+        let a = idx.assign(&[99, 4, 100], false).unwrap();
+        let b = copy.assign(&[99, 4, 100], false).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(copy.entries(), idx.entries());
+    }
+
+    #[test]
+    fn corrupt_states_are_rejected() {
+        assert!(ClassPoolIndex::from_entries(3, &[1, 2], &[0]).is_err());
+        assert!(ClassPoolIndex::from_entries(3, &[1, 2], &[0, 2]).is_err());
+        assert!(ClassPoolIndex::from_entries(3, &[1, 1], &[0, 1]).is_err());
+        assert!(ClassPoolIndex::from_entries(3, &[1, -2], &[0, 1]).is_err());
+        assert!(ClassPoolIndex::from_entries(1, &[1, 2], &[0, 1]).is_err());
+        assert!(ClassPoolIndex::from_entries(0, &[], &[]).is_err());
+    }
+
+    /// Compare against a naive Vec-based LRU on a pseudo-random stream.
+    #[test]
+    fn matches_naive_lru_on_random_stream() {
+        let cap = 7usize;
+        let mut idx = ClassPoolIndex::new(cap).unwrap();
+        // naive: (label, slot) most recent first
+        let mut naive: Vec<(i64, i64)> = Vec::new();
+        let mut rng = 0x1234_5678_u64;
+        for _ in 0..2000 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let label = ((rng >> 33) % 12) as i64;
+            let (slot, _, _) = idx.assign(&[label], false).unwrap();
+            let expected = if let Some(pos) = naive.iter().position(|&(l, _)| l == label) {
+                let e = naive.remove(pos);
+                naive.insert(0, e);
+                e.1
+            } else if naive.len() < cap {
+                let s = naive.len() as i64;
+                naive.insert(0, (label, s));
+                s
+            } else {
+                let (_, s) = naive.pop().unwrap();
+                naive.insert(0, (label, s));
+                s
+            };
+            assert_eq!(slot[0], expected);
+        }
+        let (k, s) = idx.entries();
+        assert_eq!(k, naive.iter().map(|e| e.0).collect::<Vec<_>>());
+        assert_eq!(s, naive.iter().map(|e| e.1).collect::<Vec<_>>());
+    }
+}
