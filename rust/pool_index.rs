@@ -344,6 +344,11 @@ impl ClassPoolIndex {
 
         if undoable {
             self.undo_stack.push(journal);
+        } else if let Some(top) = self.undo_stack.last_mut() {
+            // A plain assign made on top of an undoable one is reverted with it: `undo` always
+            // returns to the exact state from before the most recent undoable assign.
+            top.extend_from_slice(&journal);
+            self.journal = journal;
         } else {
             self.journal = journal;
         }
@@ -362,7 +367,8 @@ impl ClassPoolIndex {
         Ok((slots, hit, summary.evicted))
     }
 
-    /// Revert the most recent undoable assign exactly (residency, slots and recency order).
+    /// Return to the exact state (residency, slots and recency order) from just before the most
+    /// recent undoable assign, reverting any plain assigns made after it as well.
     pub fn undo(&mut self) -> Result<()> {
         let journal = self.undo_stack.pop().ok_or(F2cError::NothingToUndo)?;
         self.revert(&journal);
@@ -499,6 +505,17 @@ mod tests {
         idx.undo().unwrap();
         assert_eq!(idx.entries(), before);
         assert_eq!(idx.undo(), Err(F2cError::NothingToUndo));
+    }
+
+    #[test]
+    fn undo_also_reverts_later_plain_assigns() {
+        let mut idx = ClassPoolIndex::new(2).unwrap();
+        idx.assign(&[1, 2], false).unwrap();
+        let before = idx.entries();
+        idx.assign(&[3], true).unwrap();
+        idx.assign(&[4, 3], false).unwrap();
+        idx.undo().unwrap();
+        assert_eq!(idx.entries(), before);
     }
 
     #[test]

@@ -41,8 +41,9 @@ class ClassPoolIndex(_native.ClassPoolIndex):
     least-recently-used class and takes its slot. Returns ``(slots, hit, evicted)``.
 
     A call holding more distinct classes than ``capacity`` raises ``ValueError`` and changes
-    nothing. ``assign(..., undoable=True)`` calls can be reverted exactly by ``undo()``, last in
-    first out. Class ids are non-negative 64-bit integers; ids below 2**26 take a dense fast path.
+    nothing. ``undo()`` returns to the exact state from just before the most recent
+    ``assign(..., undoable=True)`` (plain assigns made after it are reverted with it); undoable
+    calls stack, last in first out. Class ids are non-negative 64-bit integers; ids below 2**26 take a dense fast path.
     """
 
     def assign(  # type: ignore[override]

@@ -79,6 +79,7 @@ class ReferenceClassPoolIndex:
         )
 
     def undo(self) -> None:
+        """Return to the state from before the most recent undoable assign."""
         if not self._undo:
             raise RuntimeError("undo() called with no undoable assign to revert")
         self._lru = self._undo.pop()
