@@ -31,9 +31,9 @@ operations = st.lists(
 )
 
 
-def _outcome(fn: Any) -> tuple[str, Any]:
+def _outcome(fn: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
     try:
-        return "ok", fn()
+        return "ok", fn(*args, **kwargs)
     except (ValueError, RuntimeError) as exc:
         return type(exc).__name__, str(exc)
 
@@ -67,12 +67,12 @@ def test_matches_reference_on_random_streams(capacity: int, ops: list[tuple[Any,
         if op[0] == "assign":
             labels = np.asarray(op[1], dtype=np.int64)
             _same(
-                _outcome(lambda: rust.assign(labels, undoable=op[2])),
-                _outcome(lambda: ref.assign(labels, undoable=op[2])),
+                _outcome(rust.assign, labels, undoable=op[2]),
+                _outcome(ref.assign, labels, undoable=op[2]),
             )
         elif op[0] == "lookup":
             labels = np.asarray(op[1], dtype=np.int64)
-            _same(_outcome(lambda: rust.lookup(labels)), _outcome(lambda: ref.lookup(labels)))
+            _same(_outcome(rust.lookup, labels), _outcome(ref.lookup, labels))
         elif op[0] == "undo":
             _same(_outcome(rust.undo), _outcome(ref.undo))
         elif rust.undo_depth == 0:  # round-trip through torch.save / torch.load(weights_only)

@@ -1,4 +1,4 @@
-"""Type stubs for the Rust extension ``f2c._native`` (hand-written; keep in sync with rust/bindings)."""
+"""Type stubs for ``f2c._native``, written by hand: keep in sync with rust/bindings."""
 
 from typing import Any
 

@@ -43,7 +43,8 @@ class ClassPoolIndex(_native.ClassPoolIndex):
     A call holding more distinct classes than ``capacity`` raises ``ValueError`` and changes
     nothing. ``undo()`` returns to the exact state from just before the most recent
     ``assign(..., undoable=True)`` (plain assigns made after it are reverted with it); undoable
-    calls stack, last in first out. Class ids are non-negative 64-bit integers; ids below 2**26 take a dense fast path.
+    calls stack, last in first out. Class ids are non-negative 64-bit integers; ids below 2**26
+    take a dense fast path.
     """
 
     def assign(  # type: ignore[override]
@@ -62,7 +63,7 @@ class ClassPoolIndex(_native.ClassPoolIndex):
         return super().__contains__(int(label))
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """State as plain ints and int64 tensors, loadable with ``torch.load(weights_only=True)``."""
+        """State as ints and int64 tensors: loads with ``torch.load(weights_only=True)``."""
         import torch
 
         state = super().state_dict()
