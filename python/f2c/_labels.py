@@ -16,6 +16,13 @@ def as_label_array(labels: Any, name: str = "labels") -> npt.NDArray[np.int64]:
     Accepts integer array-likes and CPU/GPU torch tensors. Floats, bools and objects raise
     ``TypeError``; other shapes and negative or too-large ids raise ``ValueError``.
     """
+    if (
+        type(labels) is np.ndarray
+        and labels.dtype == np.int64
+        and labels.ndim == 1
+        and labels.flags.c_contiguous
+    ):
+        return labels  # the hot path: the Rust core itself rejects negative ids
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):  # a torch tensor
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)

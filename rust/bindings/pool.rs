@@ -44,11 +44,17 @@ fn index_from_state(state: &Bound<'_, PyDict>) -> PyResult<ClassPoolIndex> {
         .extract()
         .map_err(|_| corrupt("entry \"capacity\" must be an int"))?;
     if capacity < 1 {
-        return Err(corrupt(&format!("capacity must be at least 1, got {capacity}")));
+        return Err(corrupt(&format!(
+            "capacity must be at least 1, got {capacity}"
+        )));
     }
     let keys = state_array(state, "keys")?;
     let slots = state_array(state, "slots")?;
-    Ok(ClassPoolIndex::from_entries(capacity as usize, keys.as_slice()?, slots.as_slice()?)?)
+    Ok(ClassPoolIndex::from_entries(
+        capacity as usize,
+        keys.as_slice()?,
+        slots.as_slice()?,
+    )?)
 }
 
 #[pymethods]
@@ -60,7 +66,9 @@ impl PyClassPoolIndex {
                 "capacity must be at least 1, got {capacity}"
             )));
         }
-        Ok(Self { inner: ClassPoolIndex::new(capacity as usize)? })
+        Ok(Self {
+            inner: ClassPoolIndex::new(capacity as usize)?,
+        })
     }
 
     #[getter]
@@ -82,7 +90,11 @@ impl PyClassPoolIndex {
     }
 
     fn __repr__(&self) -> String {
-        format!("ClassPoolIndex(capacity={}, len={})", self.inner.capacity(), self.inner.len())
+        format!(
+            "ClassPoolIndex(capacity={}, len={})",
+            self.inner.capacity(),
+            self.inner.len()
+        )
     }
 
     #[pyo3(signature = (labels, undoable = false))]
@@ -93,7 +105,11 @@ impl PyClassPoolIndex {
         undoable: bool,
     ) -> PyResult<(Int64Array<'py>, Bound<'py, PyArray1<bool>>, Int64Array<'py>)> {
         let (slots, hit, evicted) = self.inner.assign(labels.as_slice()?, undoable)?;
-        Ok((slots.into_pyarray(py), hit.into_pyarray(py), evicted.into_pyarray(py)))
+        Ok((
+            slots.into_pyarray(py),
+            hit.into_pyarray(py),
+            evicted.into_pyarray(py),
+        ))
     }
 
     fn undo(&mut self) -> PyResult<()> {
