@@ -1,0 +1,1 @@
+"""Training-loop building blocks: checkpoints, schedules, metrics and run summaries."""
