@@ -1,0 +1,245 @@
+"""``python -m f2c.train``: train a face-recognition model with F²C (or an FC baseline).
+
+One process on a CPU or one GPU, or ``torchrun --nproc-per-node N -m f2c.train ...`` for DDP
+(nccl on GPU, gloo on CPU). With no data sources it runs the embedded default job on synthetic
+identities (see ``f2c.training.default_job``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+from f2c.config import (
+    Config,
+    ConfigError,
+    DataSource,
+    _is_optional,
+    _type_name,
+    config_from_dict,
+    load_config_file,
+    override_keys,
+)
+from f2c.training.checkpoint import CheckpointError, load_checkpoint
+from f2c.training.default_job import DEFAULT_JOB, prepare_synthetic
+from f2c.training.loop import TrainingError
+from f2c.training.run import RunPlan, plan_run, print_summary, run_training
+from f2c.training.runtime import Runtime, init_runtime, shutdown_runtime
+
+__all__ = ["build_config", "build_parser", "main"]
+
+# Short spellings of the most used options.
+SHORTCUTS = {
+    "head": "head.name",
+    "backbone": "model.backbone",
+    "epochs": "train.epochs",
+    "batch-size": "train.batch_size",
+    "lr": "optim.lr",
+    "name": "train.name",
+    "out-dir": "train.out_dir",
+    "device": "train.device",
+    "workers": "data.workers",
+    "seed": "train.seed",
+    "eval-pairs": "train.eval_pairs",
+}
+
+DESCRIPTION = """\
+Train a face-recognition model with the F²C dynamic class pool (or an fc / partial_fc baseline).
+
+Configuration, lowest priority first: built-in defaults (the paper's recipe); with no data
+source, the embedded default job (synthetic identities, CPU-sized); a config file (YAML/TOML,
+sections data/model/head/optim/train); then command-line options. Every setting is an option
+--SECTION.KEY VALUE, e.g. --optim.lr 0.05 --head.name fc --optim.milestones 8,14,17
+--train.max_steps none. Lists are comma-separated; null/none clears an optional value.
+
+Outputs go to <train.out_dir>/<train.name>/: config.yaml, checkpoint.pt (atomic, every
+train.checkpoint_every steps and each epoch), metrics.jsonl/.csv, metrics.png, summary.json.
+Re-running into an unfinished run folder continues it exactly; --resume RUN continues a given run.
+"""
+
+EXAMPLES = """\
+examples:
+  python -m f2c.train                                  # embedded default job (CPU, synthetic)
+  python -m f2c.train --head fc                        # same data and budget, FC baseline
+  python -m f2c.train run.yaml --optim.lr 0.05         # config file plus an override
+  python -m f2c.train --data a.lmdb a.kv --data b.lmdb b.kv --eval-pairs lfw/pairs.txt
+  torchrun --nproc-per-node 8 -m f2c.train run.yaml    # DDP on one node
+  python -m f2c.train --resume runs/f2c-ir50           # continue a run
+"""
+
+
+def _parse_any(text: str) -> str:
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m f2c.train",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("config_file", nargs="?", help="YAML or TOML config file")
+    parser.add_argument("--config", dest="config_flag", metavar="FILE",
+                        help="config file (same as the positional argument)")
+    parser.add_argument("--data", nargs=2, action="append", metavar=("LMDB", "KV"),
+                        help="a training db and its kv file; repeat to combine several "
+                             "(labels are offset in order)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or "
+                        "from this checkpoint file); its saved config is the base")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over in the run folder, replacing a previous run there")
+    short = parser.add_argument_group("shortcuts")
+    for flag, key in SHORTCUTS.items():
+        short.add_argument(f"--{flag}", dest=key, metavar="VALUE", type=_parse_any,
+                           default=argparse.SUPPRESS, help=f"= --{key}")
+    full = parser.add_argument_group("settings (--SECTION.KEY VALUE)")
+    defaults = Config().to_dict()
+    for key, tp in override_keys().items():
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        _, inner = _is_optional(tp)
+        metavar = "LIST" if typing.get_origin(inner) is list else inner.__name__.upper() if \
+            isinstance(inner, type) else "VALUE"
+        full.add_argument(f"--{key}", dest=key, metavar=metavar, type=_parse_any,
+                          default=argparse.SUPPRESS,
+                          help=f"{_type_name(tp)}; default {node!r}")
+    return parser
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    node = values
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, bool]:
+    """Layer defaults, default job, checkpoint, file and options; returns (config, auto_named)."""
+    from f2c.config import apply_overrides
+
+    if args.config_file and args.config_flag:
+        raise ConfigError("give the config file once (positional or --config)")
+    path = args.config_file or args.config_flag
+    file_values = load_config_file(path) if path else {}
+    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    if args.data:
+        overrides["data.sources"] = [{"lmdb": lmdb, "kv": kv} for lmdb, kv in args.data]
+
+    if args.resume:
+        checkpoint = load_checkpoint(_checkpoint_file(args.resume))
+        base = checkpoint["config"]
+    else:
+        base = Config().to_dict()
+        file_sources = (file_values.get("data") or {}).get("sources") if isinstance(
+            file_values.get("data"), dict) else None
+        if not file_sources and "data.sources" not in overrides:
+            for key, value in DEFAULT_JOB.items():
+                _set_dotted(base, key, value)
+    config = config_from_dict(_merge(base, file_values), str(path) if path else "config")
+    config = apply_overrides(config, overrides)
+    config.validate()
+    return config, config.train.name is None
+
+
+def _checkpoint_file(resume: str) -> str:
+    from pathlib import Path
+
+    from f2c.training.run import CHECKPOINT_NAME
+
+    p = Path(resume)
+    return str(p / CHECKPOINT_NAME) if p.is_dir() else str(p)
+
+
+def _prepare_data(config: Config, runtime: Runtime) -> tuple[list[DataSource], str | None,
+                                                               float | None]:
+    if config.data.sources:
+        pixel = None
+        if config.train.eval_pairs is not None and runtime.is_main:
+            pixel = _pixel_baseline(config.train.eval_pairs)
+        return list(config.data.sources), config.train.eval_pairs, pixel
+    synthetic = prepare_synthetic(config, runtime)
+    pairs = config.train.eval_pairs or synthetic.pairs_path
+    pixel = synthetic.pixel_baseline_accuracy if pairs == synthetic.pairs_path else None
+    return [synthetic.source], pairs, pixel
+
+
+def _pixel_baseline(pairs_path: str) -> float | None:
+    """Raw-pixel cosine accuracy on a pairs file (None for formats it does not read)."""
+    from f2c.data.synthetic import pixel_cosine_accuracy
+
+    if pairs_path.endswith(".bin"):
+        return None
+    return float(pixel_cosine_accuracy(pairs_path))
+
+
+def _agree_on_plan(runtime: Runtime, plan: RunPlan | None) -> RunPlan:
+    """Rank 0 decides where to write and whether to resume; the others follow."""
+    if not runtime.distributed:
+        assert plan is not None
+        return plan
+    box = [plan]
+    dist.broadcast_object_list(box, src=0)
+    assert box[0] is not None
+    return box[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config, auto_named = build_config(args)
+    except (ConfigError, CheckpointError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    runtime = init_runtime(config.train.device)
+    try:
+        random.seed(config.train.seed)
+        np.random.seed(config.train.seed)  # noqa: NPY002  # seed the legacy global too
+        plan = None
+        if runtime.is_main:
+            plan = plan_run(config, resume=args.resume, fresh=args.fresh, auto_named=auto_named)
+        plan = _agree_on_plan(runtime, plan)
+        sources, pairs, pixel = _prepare_data(config, runtime)
+        if runtime.is_main:
+            where = "the embedded synthetic default job" if not config.data.sources else \
+                ", ".join(s.lmdb for s in sources)
+            print(f"f2c.train: {config.head.name} head, {config.model.backbone}, "
+                  f"{runtime.world_size} process(es) on {runtime.device}, data: {where}; "
+                  f"run folder {plan.run_dir}", file=sys.stderr, flush=True)
+        summary = run_training(config, runtime, plan, sources=sources, eval_pairs=pairs,
+                               pixel_baseline=pixel, started=started)
+        if runtime.is_main:
+            print_summary(summary)
+        return 0
+    except (TrainingError, ConfigError, CheckpointError) as exc:
+        if runtime.is_main or runtime.world_size > 1:
+            print(f"{parser.prog}: error (rank {runtime.rank}): {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown_runtime(runtime)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
