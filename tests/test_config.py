@@ -22,7 +22,7 @@ def test_defaults_are_valid() -> None:
     config = load_config()
     assert config.head.name == "f2c"
     assert config.optim.milestones == [8.0, 14.0, 17.0]
-    assert config.run_name() == "f2c-mobilefacenet"
+    assert config.run_name() == "synthetic-f2c"
 
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:

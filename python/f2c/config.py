@@ -111,7 +111,7 @@ class TrainConfig:
     seed: int = 0
     device: Device = "auto"
     out_dir: str = "runs"
-    # Run directory name under out_dir; None: "<head>-<backbone>".
+    # Run directory name under out_dir; None: "<head>-<backbone>" ("synthetic-<head>").
     name: str | None = None
     checkpoint_every: int = 500  # steps; a checkpoint is also written after every epoch
     log_every: int = 10  # steps between metric rows
@@ -137,7 +137,12 @@ class Config:
         return dataclasses.asdict(self)
 
     def run_name(self) -> str:
-        return self.train.name or f"{self.head.name}-{self.model.backbone}"
+        """``train.name``, else ``<head>-<backbone>`` (``synthetic-<head>`` without data)."""
+        if self.train.name:
+            return self.train.name
+        if not self.data.sources:
+            return f"synthetic-{self.head.name}"
+        return f"{self.head.name}-{self.model.backbone}"
 
     def validate(self) -> None:
         """Cross-field checks that a type check cannot express."""

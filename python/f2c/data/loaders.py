@@ -175,6 +175,10 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         collate_fn=_to_tensors,
+        # Own generator: creating an iterator draws a worker base seed, which must not advance
+        # the global torch RNG (the training step's randomness) at resume-dependent times.
+        # Workers draw nothing random: rows and flips come from the sampler.
+        generator=torch.Generator().manual_seed(0),
         **kwargs,
     )
 

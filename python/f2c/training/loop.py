@@ -14,6 +14,7 @@ same 3B images and labels, so the comparison is fair.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -108,6 +109,15 @@ class RunStats:
     history: list[float] = field(default_factory=list)
 
 
+def _buffer_sync_kwargs(sync: bool) -> dict[str, bool]:
+    """DDP's per-forward buffer broadcast switch (renamed ``forward_sync_buffers`` in torch 2.1x;
+    both still sync once at construction, which is what we want)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": sync}
+    return {"broadcast_buffers": sync}
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
     inner = getattr(module, "_orig_mod", module)
@@ -182,7 +192,7 @@ class Trainer:
             probe = nn.parallel.DistributedDataParallel(
                 probe,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=tcfg.broadcast_buffers,
+                **_buffer_sync_kwargs(tcfg.broadcast_buffers),
             )
         if tcfg.compile:
             probe = torch.compile(probe)  # type: ignore[assignment]
