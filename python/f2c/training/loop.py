@@ -245,6 +245,12 @@ class Trainer:
             min_lr_ratio=o.min_lr / o.lr,
         )
 
+    def reached_end(self) -> bool:
+        max_steps = self.config.train.max_steps
+        return self.epoch >= self.config.train.epochs or (
+            max_steps is not None and self.global_step >= max_steps
+        )
+
     @property
     def total_steps(self) -> int:
         total = self.config.train.epochs * self.steps_per_epoch
@@ -400,8 +406,9 @@ class Trainer:
         self.head.load_full_state_dict(state["head"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
-        self.finished = bool(state["finished"])
         self.global_step = int(state["global_step"])
+        # A finished run continues when the config now asks for more (e.g. --epochs raised).
+        self.finished = bool(state["finished"]) and self.reached_end()
         if same_layout:
             self.step_in_epoch = int(state["step_in_epoch"])
         else:

@@ -206,7 +206,7 @@ def _train_loop(
     window_images, window_seconds, window_data = 0, 0.0, 0.0
     done = False
     try:
-        while trainer.epoch < cfg.epochs and not done:
+        while not trainer.reached_end() and not done:
             t_prev = time.perf_counter()
             for instance, identity, waited in trainer.batches():
                 result = trainer.step(instance, identity)
