@@ -1,0 +1,254 @@
+"""IJB-C 1:1 template verification from insightface's meta files.
+
+Layout (see ``evaluation/README.md``)::
+
+    <root>/meta/ijbc_face_tid_mid.txt         image_name template_id media_id   (one per image)
+    <root>/meta/ijbc_template_pair_label.txt  template_a template_b 1|0         (one per pair)
+    <root>/meta/ijbc_name_5pts_score.txt      image_name x1 y1 ... x5 y5 score  (optional)
+    <root>/images/<image_name>                aligned crops at the network's input size
+
+Template feature = L2-normalise(Σ over the template's media of the mean of that medium's image
+features). Media are keyed by (template, media id), as in insightface. Pooling is two
+``index_add`` reductions; there is no per-template Python loop. Optional choices, each reported:
+L2-normalising image features before pooling (insightface's default keeps their norms), and
+weighting image features by the detector score.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+
+from f2c.evaluation.metrics import roc_curve, tar_at_fars
+
+__all__ = [
+    "IJBC_FARS",
+    "IjbcMeta",
+    "evaluate_ijbc_features",
+    "pool_templates",
+    "read_ijbc_meta",
+    "read_table",
+    "score_template_pairs",
+]
+
+IJBC_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+TID_MID = "meta/ijbc_face_tid_mid.txt"
+PAIRS = "meta/ijbc_template_pair_label.txt"
+SCORES = "meta/ijbc_name_5pts_score.txt"
+
+
+def _first_bad_line(path: Path, kinds: Sequence[str]) -> str:
+    """Locate the first malformed line (slow path, only after the fast reader failed)."""
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                return f"{path}:{lineno}: empty line"
+            if len(parts) != len(kinds):
+                return f"{path}:{lineno}: expected {len(kinds)} fields, got {line.strip()!r}"
+            for value, kind in zip(parts, kinds, strict=True):
+                try:
+                    int(value) if kind == "int" else float(value) if kind == "float" else None
+                except ValueError:
+                    return f"{path}:{lineno}: {value!r} is not an {kind}: {line.strip()!r}"
+    return f"{path}: unreadable table"
+
+
+def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.ndarray]:
+    """Read a space-separated table with columns of ``kinds`` ("str", "int", "float").
+
+    Fast (polars) on well-formed input; on a malformed file the error names the file and the
+    first bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IJB-C meta file not found: {path}")
+    dtypes = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
+    schema = {f"c{i}": dtypes[k] for i, k in enumerate(kinds)}
+    try:
+        df = pl.read_csv(
+            path, separator=" ", has_header=False, schema=schema, truncate_ragged_lines=False
+        )
+    except Exception as e:  # polars raises several error types for bad input
+        raise ValueError(_first_bad_line(path, kinds)) from e
+    if df.null_count().sum_horizontal().item():
+        raise ValueError(_first_bad_line(path, kinds))
+    return [df[c].to_numpy() for c in schema]
+
+
+@dataclass
+class IjbcMeta:
+    image_names: np.ndarray  # str [N]
+    templates: np.ndarray  # int64 [N]
+    medias: np.ndarray  # int64 [N]
+    pair_a: np.ndarray  # int64 [P] template ids
+    pair_b: np.ndarray
+    same: np.ndarray  # bool [P]
+    detector_scores: np.ndarray | None  # float64 [N], aligned with image_names
+    root: str
+
+
+def read_ijbc_meta(root: str | os.PathLike[str]) -> IjbcMeta:
+    root = Path(root)
+    names, tids, mids = read_table(root / TID_MID, ["str", "int", "int"])
+    a, b, label = read_table(root / PAIRS, ["int", "int", "int"])
+    if not np.isin(label, (0, 1)).all():
+        bad = int(np.flatnonzero(~np.isin(label, (0, 1)))[0])
+        raise ValueError(f"{root / PAIRS}:{bad + 1}: label must be 0 or 1, got {label[bad]}")
+    scores = None
+    if (root / SCORES).is_file():
+        cols = read_table(root / SCORES, ["str"] + ["float"] * 11)
+        if not np.array_equal(cols[0], names):
+            raise ValueError(
+                f"{root / SCORES}: image names differ from {root / TID_MID} (order or content)"
+            )
+        scores = cols[-1]
+    return IjbcMeta(names, tids, mids, a, b, label.astype(bool), scores, str(root))
+
+
+def pool_templates(
+    features: np.ndarray | torch.Tensor,
+    templates: np.ndarray,
+    medias: np.ndarray,
+    *,
+    normalize_images: bool = False,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Template features; returns (sorted unique template ids, float32 ``[T, D]`` L2-normalised).
+
+    Image features are optionally L2-normalised and/or multiplied by ``weights`` (e.g. detector
+    scores) before pooling.
+    """
+    f = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+    f = f.to(torch.float32)
+    n = f.shape[0]
+    if len(templates) != n or len(medias) != n:
+        raise ValueError(f"{n} features but {len(templates)} templates / {len(medias)} media")
+    if normalize_images:
+        f = torch.nn.functional.normalize(f, dim=1)
+    if weights is not None:
+        f = f * torch.as_tensor(np.asarray(weights), dtype=torch.float32).unsqueeze(1)
+    tids, t_inv = np.unique(templates, return_inverse=True)
+    _, m_inv = np.unique(medias, return_inverse=True)
+    n_media_ids = int(m_inv.max()) + 1
+    # One group per (template, medium); the key orders groups by template.
+    keys, g_inv = np.unique(t_inv.astype(np.int64) * n_media_ids + m_inv, return_inverse=True)
+    g_inv_t = torch.from_numpy(g_inv.astype(np.int64))
+    sums = torch.zeros(len(keys), f.shape[1], dtype=torch.float32).index_add_(0, g_inv_t, f)
+    counts = torch.bincount(g_inv_t, minlength=len(keys)).to(torch.float32).unsqueeze(1)
+    media_means = sums / counts
+    group_template = torch.from_numpy((keys // n_media_ids).astype(np.int64))
+    tfeat = torch.zeros(len(tids), f.shape[1], dtype=torch.float32)
+    tfeat.index_add_(0, group_template, media_means)
+    return tids, torch.nn.functional.normalize(tfeat, dim=1)
+
+
+def _template_rows(tids: np.ndarray, query: np.ndarray, what: str) -> np.ndarray:
+    rows = np.searchsorted(tids, query)
+    rows_c = np.minimum(rows, len(tids) - 1)
+    missing = tids[rows_c] != query
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"{what}: template {query[i]} (pair {i + 1}) has no images")
+    return rows_c
+
+
+def score_template_pairs(
+    tids: np.ndarray,
+    template_features: torch.Tensor,
+    pair_a: np.ndarray,
+    pair_b: np.ndarray,
+    *,
+    method: Literal["auto", "gemm", "gather"] = "auto",
+    block: int = 2048,
+    source: str = "pairs",
+) -> np.ndarray:
+    """Cosine score of each template pair (features already normalised); float32 ``[P]``.
+
+    ``gather`` takes the row-wise dot product of the two templates of each pair (memory-bound,
+    ~4 KB per pair). ``gemm`` computes the (unique a) × (unique b) score matrix in row blocks and
+    picks the pairs out of it — far cheaper when pairs are dense over the templates, as in
+    IJB-C 1:1 (15.7M pairs over ~23k × 23k). ``auto`` chooses by an estimate of both costs.
+    """
+    ra = _template_rows(tids, np.asarray(pair_a), source)
+    rb = _template_rows(tids, np.asarray(pair_b), source)
+    tf = template_features.to(torch.float32)
+    ua, a_inv = np.unique(ra, return_inverse=True)
+    ub, b_inv = np.unique(rb, return_inverse=True)
+    if method == "auto":
+        # GEMM ~ 2 flops per (a, b, d) at ~50x the rate of a random 4-byte read + write.
+        method = "gemm" if len(ua) * len(ub) < 25 * len(ra) else "gather"
+    out = np.empty(len(ra), dtype=np.float32)
+    if method == "gather":
+        step = 1 << 16
+        for s in range(0, len(ra), step):
+            a = tf[torch.from_numpy(ra[s : s + step])]
+            b = tf[torch.from_numpy(rb[s : s + step])]
+            out[s : s + step] = (a * b).sum(1).numpy()
+        return out
+    if method != "gemm":
+        raise ValueError(f"unknown method {method!r}")
+    fa = tf[torch.from_numpy(ua)]
+    fb_t = tf[torch.from_numpy(ub)].T.contiguous()
+    # Pairs sorted by their row in the a-block, so each block's pairs are one slice.
+    order = np.argsort(a_inv, kind="stable")
+    a_sorted = a_inv[order]
+    bounds = np.searchsorted(a_sorted, np.arange(0, len(ua) + block, block))
+    buf = torch.empty(min(block, len(ua)), len(ub), dtype=torch.float32)
+    for i, start in enumerate(range(0, len(ua), block)):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if lo == hi:
+            continue
+        rows = fa[start : start + block]
+        s = torch.mm(rows, fb_t, out=buf[: rows.shape[0]])
+        sel = order[lo:hi]
+        flat = (a_inv[sel] - start) * len(ub) + b_inv[sel]
+        out[sel] = s.reshape(-1)[torch.from_numpy(flat)].numpy()
+    return out
+
+
+def evaluate_ijbc_features(
+    features: np.ndarray | torch.Tensor,
+    meta: IjbcMeta,
+    *,
+    fars: Sequence[float] = IJBC_FARS,
+    normalize_images: bool = False,
+    use_detector_scores: bool = True,
+    keep_roc: bool = False,
+) -> dict[str, Any]:
+    """Pool templates, score every pair, and report TAR at each FAR, exact and roc-nearest.
+
+    Returns ``tar@far`` and ``tar@far_roc_nearest`` (dicts FAR → TAR), ``pairs``, ``genuine``,
+    ``impostor``, ``templates``, ``detector_scores`` (whether they were used) and, with
+    ``keep_roc``, ``roc`` (fpr, tpr arrays for plotting).
+    """
+    weights = meta.detector_scores if use_detector_scores else None
+    tids, tfeat = pool_templates(
+        features, meta.templates, meta.medias, normalize_images=normalize_images, weights=weights
+    )
+    scores = score_template_pairs(
+        tids, tfeat, meta.pair_a, meta.pair_b, source=str(Path(meta.root) / PAIRS)
+    )
+    exact = tar_at_fars(scores, meta.same, fars)
+    roc = roc_curve(scores, meta.same, drop_intermediate=True)  # as insightface
+    nearest = roc.tar_nearest(fars)
+    out: dict[str, Any] = {
+        "tar@far": dict(zip(fars, exact, strict=True)),
+        "tar@far_roc_nearest": dict(zip(fars, nearest, strict=True)),
+        "pairs": int(len(scores)),
+        "genuine": int(meta.same.sum()),
+        "impostor": int((~meta.same).sum()),
+        "templates": int(len(tids)),
+        "detector_scores": weights is not None,
+        "normalize_images": normalize_images,
+    }
+    if keep_roc:
+        out["roc"] = (roc.fpr, roc.tpr)
+    return out

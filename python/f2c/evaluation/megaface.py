@@ -1,0 +1,310 @@
+"""MegaFace challenge 1: FaceScrub probes against up to 1M distractors, streamed.
+
+Definitions (features L2-normalised by the caller; similarity = dot product):
+
+* **Rank-k identification** (the official protocol): for every probe image ``p`` of identity
+  ``i`` and every *other* image ``q`` of identity ``i``, ``q`` is put in the gallery with all
+  distractors and searched with ``p``. The search is correct at rank k iff
+  ``sim(p, q)`` is **strictly** greater than the k-th largest ``sim(p, d)`` over distractors
+  ``d`` (a distractor tying with ``q`` ranks ahead of it). Rank-1: ``sim(p, q) > max_d sim(p, d)``.
+  The score averages over all ordered pairs ``(p, q)``; the CMC lists ranks 1..K.
+* **TAR@FAR** (verification): genuine pairs are the unordered same-identity probe pairs,
+  impostor pairs are all probe × distractor pairs; exact threshold as in
+  :func:`f2c.evaluation.metrics.tar_at_far` (strict ``>``, the ⌊FAR·N⌋-th largest impostor score,
+  0-based).
+
+Distractors are streamed in tiles through one GEMM each, keeping only a running top-K per probe
+and a running top-⌊FAR·N⌋+1 of all impostor scores. The probe × distractor matrix (14 GB at
+3,530 × 1M) is never built; peak extra memory is a few probe × tile buffers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+__all__ = [
+    "MegaFaceResult",
+    "MegaFaceSet",
+    "StreamState",
+    "load_megaface",
+    "megaface_evaluate",
+    "rank1",
+    "read_image_list",
+    "read_labelled_list",
+    "stream_distractors",
+]
+
+DEFAULT_TILE = 8192
+
+
+# ---------------------------------------------------------------- streaming core
+
+
+@dataclass
+class StreamState:
+    """What survives the stream: per-probe top-K and the global impostor top-n."""
+
+    topk: torch.Tensor  # [P, K] descending per row
+    impostor_top: torch.Tensor  # [min(n, P·M)] descending
+    num_distractors: int
+
+
+def _as_tile(distractors: np.ndarray | torch.Tensor, start: int, stop: int,
+             device: torch.device) -> torch.Tensor:
+    if torch.is_tensor(distractors):
+        return distractors[start:stop].to(device=device, dtype=torch.float32)
+    tile = np.asarray(distractors[start:stop])
+    if tile.dtype != np.float32 or not tile.flags.c_contiguous or not tile.flags.writeable:
+        tile = np.array(tile, dtype=np.float32, order="C")  # e.g. a read-only memmap slice
+    return torch.from_numpy(tile).to(device)
+
+
+def stream_distractors(
+    probes: torch.Tensor,
+    distractors: np.ndarray | torch.Tensor,
+    *,
+    k: int,
+    impostor_keep: int = 0,
+    tile: int = DEFAULT_TILE,
+    min_buffer: int = 1 << 20,
+) -> StreamState:
+    """One pass over ``distractors`` (``[M, D]``, numpy — a memmap works — or torch) in tiles.
+
+    Per tile: ``S = probes @ tileᵀ`` into a reused buffer, then the row max. Only rows whose max
+    beats their current K-th best are merged into the top-K, and only rows whose max beats the
+    current impostor floor contribute to the impostor top-``impostor_keep``; after the first
+    tiles both are rare, so the cost stays close to the GEMM's. Impostor candidates are cut back
+    to the top ``impostor_keep`` once more than ``max(4·impostor_keep, min_buffer)`` are held.
+    """
+    p, d = probes.shape
+    m = len(distractors)
+    if m == 0:
+        raise ValueError("no distractors")
+    if distractors.shape[1] != d:
+        raise ValueError(f"probes are {d}-d but distractors are {distractors.shape[1]}-d")
+    k = min(k, m)
+    dev = probes.device
+    topk = torch.full((p, k), -math.inf, device=dev)
+    keep = min(impostor_keep, p * m)
+    floor = -math.inf
+    kept: list[torch.Tensor] = []
+    buffered = 0
+    buf = torch.empty(p, min(tile, m), device=dev)
+    for start in range(0, m, tile):
+        g = _as_tile(distractors, start, min(start + tile, m), dev)
+        s = torch.mm(probes, g.T, out=buf[:, : g.shape[0]])
+        row_max = s.amax(dim=1)
+        rows = torch.nonzero(row_max > topk[:, -1]).squeeze(1)
+        if rows.numel():
+            cand = torch.cat([topk.index_select(0, rows), s.index_select(0, rows)], dim=1)
+            topk[rows] = torch.topk(cand, k, dim=1).values
+        if keep:
+            rows = torch.nonzero(row_max > floor).squeeze(1)
+            if rows.numel():
+                sub = s.index_select(0, rows) if rows.numel() < p else s
+                vals = sub[sub > floor] if floor > -math.inf else sub.reshape(-1).clone()
+                kept.append(vals)
+                buffered += vals.numel()
+                if buffered >= max(4 * keep, min_buffer):
+                    merged = torch.topk(torch.cat(kept), min(keep, buffered)).values
+                    kept, buffered = [merged], merged.numel()
+                    if buffered == keep:
+                        floor = float(merged[-1])
+    if keep:
+        allv = torch.cat(kept) if kept else torch.empty(0, device=dev)
+        impostor_top = torch.topk(allv, min(keep, allv.numel())).values
+    else:
+        impostor_top = torch.empty(0, device=dev)
+    return StreamState(topk=topk, impostor_top=impostor_top, num_distractors=m)
+
+
+# ---------------------------------------------------------------- probe pairs
+
+
+def _same_identity_pairs(probe_ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered (p, q), p != q, with the same identity; vectorised (no per-identity loop)."""
+    ids = np.asarray(probe_ids)
+    _, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    c_of = counts[inv[order]]  # group size of each sorted element
+    a_sorted = np.repeat(np.arange(len(ids)), c_of)  # positions in sorted order
+    offs = np.arange(len(a_sorted)) - np.repeat(np.cumsum(c_of) - c_of, c_of)
+    b_sorted = np.repeat(starts[inv[order]], c_of) + offs
+    mask = a_sorted != b_sorted
+    return order[a_sorted[mask]], order[b_sorted[mask]]
+
+
+# ---------------------------------------------------------------- public API
+
+
+@dataclass
+class MegaFaceResult:
+    rank1: float
+    cmc: np.ndarray  # [K]: identification rate at ranks 1..K
+    tar_at_far: dict[float, float]
+    probes: int
+    probe_pairs: int  # ordered same-identity pairs searched
+    genuine_pairs: int  # unordered, for verification
+    distractors: int
+    distractor_list: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _probe_tensor(probes: npt.ArrayLike | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = probes if torch.is_tensor(probes) else torch.from_numpy(np.asarray(probes))
+    return t.to(device=device, dtype=torch.float32).contiguous()
+
+
+def megaface_evaluate(
+    probes: npt.ArrayLike | torch.Tensor,
+    probe_ids: npt.ArrayLike,
+    distractors: np.ndarray | torch.Tensor,
+    *,
+    ranks: int = 10,
+    fars: Sequence[float] = (1e-6,),
+    tile: int = DEFAULT_TILE,
+    device: str | torch.device = "cpu",
+    distractor_list: str = "",
+    min_buffer: int = 1 << 20,
+) -> MegaFaceResult:
+    """Rank-1, CMC up to ``ranks`` and exact TAR@FAR in one streamed pass (see module doc).
+
+    ``distractor_list`` is carried into the result so reports say which list was used;
+    ``min_buffer`` is passed to :func:`stream_distractors`.
+    """
+    dev = torch.device(device)
+    pt = _probe_tensor(probes, dev)
+    ids = np.asarray(probe_ids)
+    if len(ids) != pt.shape[0]:
+        raise ValueError(f"{pt.shape[0]} probes but {len(ids)} probe ids")
+    a, b = _same_identity_pairs(ids)
+    if len(a) == 0:
+        raise ValueError("no identity has two probe images: nothing to search for")
+    m = len(distractors)
+    n_imp = pt.shape[0] * m
+    ks = [math.floor(f * n_imp) for f in fars]
+    if any(not 0 <= f <= 1 for f in fars):
+        raise ValueError(f"FARs must be in [0, 1], got {list(fars)}")
+    keep = max(ks) + 1 if ks else 0
+    state = stream_distractors(
+        pt, distractors, k=ranks, impostor_keep=keep, tile=tile, min_buffer=min_buffer
+    )
+    ta, tb = torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev)
+    genuine = (pt[ta] * pt[tb]).sum(dim=1)
+    # correct at rank r iff genuine > r-th best distractor of the probe
+    cmc = (genuine.unsqueeze(1) > state.topk[ta]).double().mean(dim=0).cpu().numpy()
+    unordered = a < b
+    gen_u = genuine[torch.from_numpy(unordered).to(dev)]
+    tars: dict[float, float] = {}
+    for far, kk in zip(fars, ks, strict=True):
+        thr = float(state.impostor_top[kk]) if kk < n_imp else -math.inf
+        tars[far] = float((gen_u > thr).double().mean())
+    return MegaFaceResult(
+        rank1=float(cmc[0]),
+        cmc=cmc,
+        tar_at_far=tars,
+        probes=int(pt.shape[0]),
+        probe_pairs=int(len(a)),
+        genuine_pairs=int(unordered.sum()),
+        distractors=m,
+        distractor_list=distractor_list,
+    )
+
+
+def rank1(
+    probes: npt.ArrayLike | torch.Tensor,
+    probe_ids: npt.ArrayLike,
+    distractors: np.ndarray | torch.Tensor,
+    *,
+    tile: int = DEFAULT_TILE,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Official MegaFace rank-1 identification rate (see the module docstring)."""
+    return megaface_evaluate(
+        probes, probe_ids, distractors, ranks=1, fars=(), tile=tile, device=device
+    ).rank1
+
+
+# ---------------------------------------------------------------- lists on disk
+
+
+def read_image_list(path: str | os.PathLike[str]) -> list[str]:
+    """One relative image path per line (blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image list not found: {path}")
+    return [s for s in (ln.strip() for ln in path.read_text().splitlines())
+            if s and not s.startswith("#")]
+
+
+def read_labelled_list(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """``path identity`` per line (the identity is the last field, so paths may hold spaces)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"probe list not found: {path}")
+    paths: list[str] = []
+    ids: list[str] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        parts = s.rsplit(None, 1)
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 'path identity', got {s!r}")
+        paths.append(parts[0])
+        ids.append(parts[1])
+    return paths, ids
+
+
+@dataclass
+class MegaFaceSet:
+    probe_paths: list[Path]
+    probe_ids: list[str]
+    distractor_paths: list[Path]
+    distractor_list: str  # what the report prints: list file, count, noise list applied
+
+
+def load_megaface(
+    root: str | os.PathLike[str],
+    *,
+    probes: str = "facescrub.txt",
+    distractors: str = "distractors.txt",
+    probe_noise: str | None = "facescrub_noises.txt",
+    distractor_noise: str | None = "megaface_noises.txt",
+    check_files: bool = True,
+) -> MegaFaceSet:
+    """Read the probe and distractor lists under ``root``; noise lists are applied when present
+    (a noise list names images to drop, one relative path per line)."""
+    root = Path(root)
+    p_paths, p_ids = read_labelled_list(root / probes)
+    d_paths = read_image_list(root / distractors)
+    desc = f"{distractors} ({len(d_paths)} listed"
+    if probe_noise and (root / probe_noise).is_file():
+        noise = set(read_image_list(root / probe_noise))
+        keep = [i for i, q in enumerate(p_paths) if q not in noise]
+        p_paths, p_ids = [p_paths[i] for i in keep], [p_ids[i] for i in keep]
+    if distractor_noise and (root / distractor_noise).is_file():
+        noise = set(read_image_list(root / distractor_noise))
+        before = len(d_paths)
+        d_paths = [q for q in d_paths if q not in noise]
+        desc += f", {before - len(d_paths)} removed by {distractor_noise}"
+    desc += f"; {len(d_paths)} used)"
+    full_p = [root / q for q in p_paths]
+    full_d = [root / q for q in d_paths]
+    if check_files:
+        for what, lst in (("probe", full_p), ("distractor", full_d)):
+            missing = next((q for q in lst if not q.is_file()), None)
+            if missing is not None:
+                raise FileNotFoundError(f"{what} image not found: {missing}")
+    if not full_d:
+        raise ValueError(f"{root / distractors}: no distractors left")
+    return MegaFaceSet(full_p, p_ids, full_d, desc)
