@@ -80,7 +80,7 @@ def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.nd
         raise ValueError(_first_bad_line(path, kinds)) from e
     if df.null_count().sum_horizontal().item():
         raise ValueError(_first_bad_line(path, kinds))
-    return [df[c].to_numpy() for c in schema]
+    return [df[c].to_numpy(writable=True) for c in schema]
 
 
 @dataclass

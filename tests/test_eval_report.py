@@ -1,0 +1,171 @@
+"""Result tables (polars), CSV / Markdown writers, ROC plots, and the evaluate CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from eval_support import PixelNet, face_images, save_png, write_pair_set
+
+import f2c.evaluate as cli
+from f2c.evaluation.report import SCHEMA, ResultTable, plot_roc, to_markdown, write_csv
+
+
+def test_table_schema_csv_and_markdown(tmp_path: Path) -> None:
+    t = ResultTable()
+    t.add(model="m/probe", benchmark="lfw", metric="accuracy", value=0.9965, std=0.0031,
+          n=6000, flip=True, protocol="10 folds | exact", data="lfw.bin")
+    t.add(model="m/probe", benchmark="ijbc", metric="tar@far=1e-04", value=0.95, n=15658489)
+    df = t.frame()
+    assert df.schema == pl.Schema(SCHEMA) and df.height == 2
+    assert df["std"].to_list() == [0.0031, None]
+    write_csv(df, tmp_path / "r.csv")
+    back = pl.read_csv(tmp_path / "r.csv", schema=df.schema)
+    assert back.equals(df)
+    md = to_markdown(df)
+    lines = md.splitlines()
+    assert lines[0].startswith("| model | benchmark | metric | value (%) | std (%) |")
+    assert "| 99.65 | 0.31 | 6000 | True | 10 folds \\| exact |" in lines[2]
+    assert "| 95.00 |  | 15658489 |" in lines[3]
+
+
+def test_plot_roc_writes_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    fpr = np.concatenate(([0.0], np.sort(rng.random(50_000)), [1.0]))
+    tpr = np.sqrt(fpr)
+    plot_roc({"a": (fpr, tpr), "b": (fpr, fpr)}, tmp_path / "roc.png", fars=(1e-4, 1e-2))
+    data = (tmp_path / "roc.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
+
+
+def save_checkpoint(path: Path) -> None:
+    probe, gallery = PixelNet(16, seed=0), PixelNet(16, seed=1)
+    torch.save(
+        {
+            "config": {"model": {"backbone": "pixelnet", "embedding_size": 16}},
+            "model": {"backbone": "pixelnet", "embedding_size": 16, "image_size": [16, 16]},
+            "probe": {f"module.{k}": v for k, v in probe.state_dict().items()},  # DDP prefix
+            "gallery": gallery.state_dict(),
+        },
+        path,
+    )
+
+
+def write_ijbc(root: Path) -> None:
+    rng = np.random.default_rng(4)
+    imgs, labels = face_images(rng, 6, 6)
+    names, tids, mids = [], [], []
+    for i, (img, ident) in enumerate(zip(imgs, labels, strict=True)):
+        names.append(f"{i}.jpg")
+        save_png(img, root / "images" / f"{i}.jpg")  # PNG bytes; PIL reads by content
+        tids.append(100 + 2 * ident + (i % 6 >= 3))  # two templates per subject
+        mids.append(i % 2)
+    (root / "meta").mkdir()
+    (root / "meta/ijbc_face_tid_mid.txt").write_text(
+        "".join(f"{n} {t} {m}\n" for n, t, m in zip(names, tids, mids, strict=True)))
+    ts = sorted(set(tids))
+    (root / "meta/ijbc_template_pair_label.txt").write_text("".join(
+        f"{a} {b} {int((a - 100) // 2 == (b - 100) // 2)}\n" for a in ts for b in ts if a < b))
+
+
+def write_megaface(root: Path) -> None:
+    rng = np.random.default_rng(5)
+    imgs, labels = face_images(rng, 4, 3)
+    lines = []
+    for i, (img, ident) in enumerate(zip(imgs, labels, strict=True)):
+        save_png(img, root / "facescrub" / f"{i}.png")
+        lines.append(f"facescrub/{i}.png id{ident}")
+    (root / "facescrub.txt").write_text("\n".join(lines) + "\n")
+    dis, _ = face_images(rng, 30, 1)
+    for i, img in enumerate(dis):
+        save_png(img, root / "megaface" / f"{i}.png")
+    (root / "distractors.txt").write_text("".join(f"megaface/{i}.png\n" for i in range(30)))
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    pairs, _ = write_pair_set(tmp_path / "synth")
+    (tmp_path / "ijbc").mkdir()
+    write_ijbc(tmp_path / "ijbc")
+    (tmp_path / "mf").mkdir()
+    write_megaface(tmp_path / "mf")
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu",
+            "--benchmark", f"pairs={pairs}", "--benchmark", f"ijbc={tmp_path / 'ijbc'}",
+            "--benchmark", f"megaface={tmp_path / 'mf'}", "--ranks", "5"]
+    df = cli.main(args)
+    got = {(r["benchmark"], r["metric"]): r for r in df.iter_rows(named=True)}
+    assert got[("pairs", "accuracy")]["n"] == 60 and got[("pairs", "accuracy")]["std"] is not None
+    assert ("ijbc", "tar@far=1e-04") in got and ("ijbc", "tar@far=1e-04 (roc-nearest)") in got
+    assert {("megaface", "rank1"), ("megaface", "cmc@5"), ("megaface", "tar@far=1e-06")} <= set(got)
+    assert "distractors.txt (30 listed; 30 used)" in got[("megaface", "rank1")]["data"]
+    assert set(df["model"]) == {"ckpt/probe"} and df["flip"].all()
+    assert (out / "results.csv").exists() and (out / "roc_ijbc.png").exists()
+    assert "| ckpt/probe | pairs | accuracy |" in (out / "results.md").read_text()
+    stored = sorted(p.name for p in (out / "features").iterdir())
+    assert stored == sorted(f"{n}.{e}" for n in ("pairs", "ijbc", "megaface_probes",
+                                                 "megaface_distractors") for e in ("npy", "json"))
+    # the same run again re-uses features and replaces (not duplicates) its rows;
+    # the gallery net adds its own rows to the same table
+    df2 = cli.main(args)
+    assert df2.height == df.height
+    assert df2.sort(["benchmark", "metric"])["value"].to_list() == pytest.approx(
+        df.sort(["benchmark", "metric"])["value"].to_list())
+    df3 = cli.main([*args, "--net", "gallery", "--no-flip"])
+    assert df3.height == 2 * df.height
+    assert set(df3["model"]) == {"ckpt/probe", "ckpt/gallery"}
+
+
+def test_cli_refuses_typos_and_bad_protocols(tmp_path: Path, tiny_models: None) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    pairs, _ = write_pair_set(tmp_path / "synth")
+    base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="unknown benchmark 'lwf'"):
+        cli.main([*base, "--benchmark", f"lwf={pairs}"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.main([*base, "--benchmark", f"lfw={tmp_path / 'none.bin'}"])
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        cli.main([*base, "--benchmark", "lfw"])
+    with pytest.raises(ValueError, match="lfw has 10 folds of 600"):
+        cli.main([*base, "--benchmark", f"lfw={pairs}"])
+    assert ckpt.exists()  # evaluation never deletes a checkpoint
+
+
+def test_checkpoint_loading(tmp_path: Path, tiny_models: None) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    m = cli.load_checkpoint_model(ckpt)
+    assert m.backbone == "pixelnet" and m.embedding_size == 16 and m.image_size == 16
+    g = cli.load_checkpoint_model(ckpt, net="gallery")
+    assert not torch.equal(m.module.fc.weight, g.module.fc.weight)
+    bare = tmp_path / "bare.pt"
+    torch.save(PixelNet(16).state_dict(), bare)
+    with pytest.raises(ValueError, match="--model"):
+        cli.load_checkpoint_model(bare)
+    plain = cli.load_checkpoint_model(bare, backbone="pixelnet", embedding_size=16)
+    assert plain.image_size is None
+    with pytest.raises(KeyError, match="gallery"):
+        cli.load_checkpoint_model(bare, net="gallery", backbone="x", embedding_size=16)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        cli.load_checkpoint_model(tmp_path / "nope.pt")
+    evil = tmp_path / "evil.pt"
+    torch.save({"probe": {}, "x": _NotAllowed()}, evil)
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        cli.load_checkpoint_model(evil)
+
+
+class _NotAllowed:
+    pass
