@@ -15,10 +15,20 @@ pub enum F2cError {
     /// A file that could not be opened or read. → `OSError`
     Io { path: String, message: String },
     /// A text file with a malformed line (1-based line number). → `ValueError`
-    Parse { path: String, line: usize, message: String },
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
     /// A record missing from, or unreadable in, a database. → `KeyError` / `ValueError`
     MissingKey { key: String, db: String },
-    BadRecord { key: String, db: String, message: String },
+    BadRecord {
+        key: String,
+        db: String,
+        message: String,
+    },
+    /// A row or position outside a container. → `IndexError`
+    IndexOutOfRange { index: i64, len: usize },
 }
 
 pub type Result<T> = std::result::Result<T, F2cError>;
@@ -36,10 +46,17 @@ impl fmt::Display for F2cError {
             F2cError::NothingToUndo => write!(f, "undo() called with no undoable assign to revert"),
             F2cError::CorruptState(msg) => write!(f, "corrupt ClassPoolIndex state: {msg}"),
             F2cError::Io { path, message } => write!(f, "{path}: {message}"),
-            F2cError::Parse { path, line, message } => write!(f, "{path}:{line}: {message}"),
+            F2cError::Parse {
+                path,
+                line,
+                message,
+            } => write!(f, "{path}:{line}: {message}"),
             F2cError::MissingKey { key, db } => write!(f, "key {key:?} not found in {db}"),
             F2cError::BadRecord { key, db, message } => {
                 write!(f, "record {key:?} in {db}: {message}")
+            }
+            F2cError::IndexOutOfRange { index, len } => {
+                write!(f, "row {index} out of range for an index of {len} rows")
             }
         }
     }

@@ -1,7 +1,12 @@
 //! Rust core of f2c. Pure-Rust modules hold the logic and their own `cargo test`s;
 //! `bindings` wraps them for Python; the `#[pymodule]` below only wires classes.
 
+pub mod bigvec;
 pub mod error;
+pub mod jpeg;
+pub mod kv_index;
+pub mod lmdb_reader;
+pub mod parallel;
 pub mod pool_index;
 
 mod bindings;
@@ -12,5 +17,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<bindings::pool::PyClassPoolIndex>()?;
+    m.add_class::<bindings::data::PyKvIndex>()?;
+    m.add_class::<bindings::data::PyLmdbReader>()?;
     Ok(())
 }

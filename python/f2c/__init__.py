@@ -4,7 +4,7 @@ The Rust core (``f2c._native``) holds the class-pool index and the training-db d
 everything else (loaders, models, heads, training, evaluation) is PyTorch.
 """
 
-from f2c._native import __version__
+from f2c._native import KvIndex, LmdbReader, __version__
 from f2c.pool import ClassPoolIndex, ReferenceClassPoolIndex
 
-__all__ = ["ClassPoolIndex", "ReferenceClassPoolIndex", "__version__"]
+__all__ = ["ClassPoolIndex", "KvIndex", "LmdbReader", "ReferenceClassPoolIndex", "__version__"]

@@ -1,5 +1,7 @@
 """Type stubs for ``f2c._native``, written by hand: keep in sync with rust/bindings."""
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,3 +28,51 @@ class ClassPoolIndex:
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ClassPoolIndex: ...
+
+_Path = str | os.PathLike[str]
+
+class KvIndex:
+    """Rows of one or more kv files (``key label`` per line); labels of later files are offset
+    by max label + 1 of the files before. Raises ``ValueError`` naming file:line on bad input,
+    ``OSError`` on an unreadable file."""
+
+    def __init__(self, paths: _Path | Sequence[_Path]) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def labels(self) -> npt.NDArray[np.int64]: ...  # read-only, shared (no copy)
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def identity_offsets(self) -> npt.NDArray[np.int64]: ...  # CSR, len num_classes + 1
+    @property
+    def identity_rows(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def paths(self) -> list[str]: ...
+    @property
+    def label_offsets(self) -> list[int]: ...
+    def key(self, row: int) -> bytes: ...
+    def file_of_row(self, row: int) -> int: ...
+
+class LmdbReader:
+    """Decodes JPEG records (raw or Datum-wrapped) of LMDB dbs, one per kv file of ``index``,
+    in parallel with the GIL released. Works in forked processes (environments and threads are
+    per process)."""
+
+    def __init__(
+        self,
+        lmdb_paths: _Path | Sequence[_Path],
+        index: KvIndex,
+        num_threads: int | None = None,
+    ) -> None: ...
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+    @property
+    def num_threads(self) -> int: ...
+    @property
+    def paths(self) -> list[str]: ...
+    @property
+    def index(self) -> KvIndex: ...
+    def read(
+        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.uint8]: ...
+    def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...

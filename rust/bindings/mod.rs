@@ -1,9 +1,10 @@
 //! PyO3 wrappers: thin classes that validate arguments, call the pure-Rust core and convert
 //! results to numpy arrays. No logic lives here.
 
+pub mod data;
 pub mod pool;
 
-use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::PyErr;
 
 use crate::error::F2cError;
@@ -15,6 +16,7 @@ impl From<F2cError> for PyErr {
             F2cError::NothingToUndo => PyRuntimeError::new_err(msg),
             F2cError::Io { .. } => PyOSError::new_err(msg),
             F2cError::MissingKey { .. } => PyKeyError::new_err(msg),
+            F2cError::IndexOutOfRange { .. } => PyIndexError::new_err(msg),
             F2cError::InvalidInput(_)
             | F2cError::CapacityExceeded { .. }
             | F2cError::CorruptState(_)
