@@ -310,3 +310,30 @@ def test_stats() -> None:
     assert 0.4 <= s["in_pool_fraction"] < 1.0
     assert s["pool_occupancy"] == pytest.approx(len(head.index) / 12)
     assert s["loss_pass_a"] + s["loss_pass_b"] == pytest.approx(out.loss.item(), rel=1e-6)
+
+
+def test_probe_gallery_ema_and_buffers() -> None:
+    from f2c.heads import ProbeGallery
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    nets = ProbeGallery(net, momentum=0.9)
+    assert all(not p.requires_grad for p in nets.gallery.parameters())
+    g0 = [p.detach().clone() for p in nets.gallery.parameters()]
+    with torch.no_grad():
+        for p in nets.probe.parameters():
+            p.add_(1.0)
+    nets.probe(torch.randn(8, 4))  # moves the probe's BN running stats
+    nets.update_gallery()
+    for g, old, p in zip(nets.gallery.parameters(), g0, nets.probe.parameters(), strict=True):
+        assert torch.allclose(g, 0.9 * old + 0.1 * p.detach(), atol=1e-6)
+    for g, p in zip(nets.gallery.buffers(), nets.probe.buffers(), strict=True):
+        assert torch.equal(g, p)  # copied, not averaged
+    x = torch.randn(8, 4, requires_grad=True)
+    out = nets.gallery_forward(x)
+    assert not out.requires_grad and nets.gallery.training
+    nets.probe.eval()
+    nets.gallery_forward(x)
+    assert not nets.gallery.training
+    with pytest.raises(ValueError, match="momentum"):
+        ProbeGallery(net, momentum=1.0)
