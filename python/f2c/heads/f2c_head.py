@@ -331,18 +331,22 @@ class DynamicClassPool(nn.Module):
             base.index_copy_(1, view.cols0, probe @ view.vals0.T)
         cos1 = base
         cos2 = cos1.index_copy(1, view.cols1, probe @ view.vals1.T) if view.cols1.numel() else cos1
-        in_pool = view.targets >= 0
-        targets = view.targets[in_pool]
+        # Both terms run on all rows and are masked (no row gathers: they cost full-size copies
+        # and zero-filled gradients): outliers have target -1, which cross_entropy ignores.
+        outlier_rows = (view.targets < 0).to(probe.dtype)
         k = min(self.top_k, view.count)
         pool_ce = probe.new_zeros(())
         outlier = probe.new_zeros(())
         for cos in (cos1, cos2):
-            logits = margin_logits(cos[in_pool], targets, self.margin)
-            pool_ce = pool_ce + F.cross_entropy(logits, targets, reduction="sum")
-            top = cos[~in_pool].topk(k, dim=1).values.clamp_min(0.0)
-            outlier = outlier + top.mean(dim=1).sum()
+            logits = margin_logits(cos, view.targets, self.margin)
+            pool_ce = pool_ce + F.cross_entropy(
+                logits, view.targets, ignore_index=-1, reduction="sum"
+            )
+            top = cos.topk(k, dim=1).values.clamp_min(0.0).mean(dim=1)
+            outlier = outlier + (top * outlier_rows).sum()
         loss = (pool_ce + outlier) / n
-        return loss, in_pool.sum().float(), pool_ce.detach(), outlier.detach()
+        in_pool = n - outlier_rows.sum()
+        return loss, in_pool, pool_ce.detach(), outlier.detach()
 
     def forward(
         self,

@@ -41,7 +41,7 @@ from f2c.heads.output import HeadOutput
 __all__ = ["FullFC", "PartialFC", "shard_range", "sharded_cross_entropy"]
 
 STATE_VERSION = 1
-_INIT_CHUNK = 1 << 16  # classes per independently seeded init chunk
+_INIT_CHUNK = 1 << 12  # classes per independently seeded init chunk
 _INIT_STD = 0.01
 
 

@@ -1,0 +1,207 @@
+"""One head step: F²C (Q = 1% and 0.1% of C) vs FullFC vs PartialFC (sample rate 0.1).
+
+A step is forward + backward + the update of the head's own state: for F²C the pool writes
+(inside forward; the head has no parameters), for the FC heads an SGD step on the centres (lr
+0.1, momentum 0.9, Nesterov, weight decay 1e-4, as DESIGN §1.8). The input is fixed random
+embeddings for a per-rank batch B = 128 (D = 512), exactly as the training loop feeds the heads:
+F²C gets the views x and y of 1.5·B = 192 rows each (probe and gallery); the FC heads get the
+3·B = 384 probe embeddings of both views. F²C's pool is full before timing, and every step
+brings new labels (cycling through 8 pre-drawn label batches).
+
+Q is clamped up to the head's minimum (192 for B = 128 on one rank); ``extra_info`` records the Q
+used. Peak memory: with ``--benchmark-enable``, each case is re-run in a fresh subprocess that
+reports ``peak_rss_mb`` = peak resident set size (``ru_maxrss``) minus the RSS after importing
+torch (before the inputs, < 2 MB, and the head exist): the head's state plus the step's
+temporaries. For F²C, ``bookkeeping_share`` is the share of the step spent in the pool
+bookkeeping (index assign / undo / lookup, write plans, the pool writes and pass A's override
+views).
+
+    pytest benches/bench_heads.py --benchmark-enable                # C = 10k, 100k
+    pytest benches/bench_heads.py --benchmark-enable -m slow -k 1M  # C = 1M (~14 GB for fc)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from f2c.heads import MarginConfig, build_head, minimum_pool_size
+
+B, D = 128, 512
+ROWS = B + (B + 1) // 2  # rows of one F²C view
+LABEL_BATCHES = 8
+HEADS = {  # id → (head name, pool ratio or sample rate)
+    "f2c-1%": ("f2c", 0.01),
+    "f2c-0.1%": ("f2c", 0.001),
+    "fc": ("fc", None),
+    "pfc-0.1": ("partial_fc", 0.1),
+}
+SIZES = {"10k": 10_000, "100k": 100_000, "1M": 1_000_000}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class HeadStep:
+    """A head with fixed inputs; calling it runs one step."""
+
+    def __init__(self, head_id: str, num_classes: int, seed: int = 0) -> None:
+        name, rate = HEADS[head_id]
+        gen = torch.Generator().manual_seed(seed)
+        self.name = name
+        self.info: dict[str, Any] = {"head": head_id, "num_classes": num_classes, "B": B, "D": D}
+        margin = MarginConfig("cosface", 0.4, scale=32.0)
+        self.step_count = 0
+        if name == "f2c":
+            assert rate is not None
+            pool = max(round(rate * num_classes), minimum_pool_size(B, 1))
+            self.info["pool_size"] = pool
+            self.inputs = [torch.randn(ROWS, D, generator=gen) for _ in range(4)]
+            self.inputs[0].requires_grad_(True)  # probe x
+            self.inputs[2].requires_grad_(True)  # probe y
+            self.labels = []
+            for _ in range(LABEL_BATCHES):
+                ids = torch.randperm(num_classes, generator=gen)[:B]
+                inst = torch.randint(0, num_classes, (2, ROWS - B), generator=gen)
+                self.labels.append((torch.cat([ids, inst[0]]), torch.cat([ids, inst[1]])))
+        else:
+            self.info["sample_rate"] = rate
+            self.embeddings = torch.randn(2 * ROWS, D, generator=gen)
+            self.fc_labels = [
+                torch.randint(0, num_classes, (2 * ROWS,), generator=gen)
+                for _ in range(LABEL_BATCHES)
+            ]
+        self.head = build_head(
+            name, num_classes=num_classes, embedding_size=D, margin=margin, batch_size=B,
+            pool_size=self.info.get("pool_size"), sample_rate=rate or 0.1,
+        )
+        self.optimizer = None
+        if name == "f2c":
+            # A full pool: Q distinct classes with random features.
+            q = self.info["pool_size"]
+            self.head.write_gallery(  # type: ignore[operator]
+                torch.randperm(num_classes, generator=gen)[:q], torch.randn(q, D, generator=gen)
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.head.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
+            )
+        self.last_stats: dict[str, float] = {}
+
+    def __call__(self) -> None:
+        i = self.step_count % LABEL_BATCHES
+        self.step_count += 1
+        if self.name == "f2c":
+            px, gx, py, gy = self.inputs
+            lx, ly = self.labels[i]
+            out = self.head(px, lx, gx, py, ly, gy)
+            out.loss.backward()
+            px.grad = py.grad = None
+        else:
+            assert self.optimizer is not None
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.head(self.embeddings, self.fc_labels[i])
+            out.loss.backward()
+            self.optimizer.step()
+        self.last_stats = out.stats
+
+
+def _time_bookkeeping(step: HeadStep, steps: int) -> float:
+    """Share of ``steps`` F²C steps spent in the head's ``_prepare`` (the pool bookkeeping)."""
+    head: Any = step.head
+    spent = [0.0]
+    original: Callable[..., Any] = head._prepare
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    head._prepare = timed
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = time.perf_counter() - t0
+    finally:
+        del head._prepare
+    return spent[0] / total
+
+
+def _peak_rss_in_subprocess(head_id: str, size: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--peak", head_id, size],
+        check=True, capture_output=True, text=True, timeout=1800,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _rounds(head_id: str, num_classes: int) -> int:
+    cost = num_classes * (1 if head_id.startswith("f2c") else 40)
+    return max(2, min(20, int(4e7 / cost)))
+
+
+def _run(benchmark: Any, head_id: str, size: str) -> None:
+    step = HeadStep(head_id, SIZES[size])
+    if not benchmark.disabled:
+        step()  # warm-up (allocations, PartialFC's gradient buffer)
+    benchmark.extra_info.update(step.info)
+    benchmark.pedantic(step, rounds=_rounds(head_id, SIZES[size]), iterations=1)
+    assert step.last_stats is not None
+    if step.name == "f2c":
+        assert step.last_stats["pool_occupancy"] == 1.0
+        benchmark.extra_info["in_pool_fraction"] = step.last_stats["in_pool_fraction"]
+    if not benchmark.disabled:
+        if step.name == "f2c":
+            benchmark.extra_info["bookkeeping_share"] = _time_bookkeeping(step, 10)
+        del step
+        benchmark.extra_info.update(_peak_rss_in_subprocess(head_id, size))
+
+
+@pytest.mark.benchmark(group="head-step", min_rounds=1)
+@pytest.mark.parametrize("size", ["10k", "100k"])
+@pytest.mark.parametrize("head_id", list(HEADS))
+def bench_head_step(benchmark: Any, head_id: str, size: str) -> None:
+    _run(benchmark, head_id, size)
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="head-step", min_rounds=1)
+@pytest.mark.parametrize("size", ["1M"])
+@pytest.mark.parametrize("head_id", list(HEADS))
+def bench_head_step_1m(benchmark: Any, head_id: str, size: str) -> None:
+    _run(benchmark, head_id, size)
+
+
+def _peak_main(head_id: str, size: str) -> None:
+    torch.manual_seed(0)
+    base = _rss_mb()
+    step = HeadStep(head_id, SIZES[size])
+    for _ in range(2):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"peak_rss_mb": round(peak - base, 1), "base_rss_mb": round(base, 1)}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--peak":
+        _peak_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} --peak HEAD_ID SIZE")
