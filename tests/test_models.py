@@ -60,4 +60,4 @@ def test_unknown_backbone_names_the_choices() -> None:
         models.create("vit")
     with pytest.raises(ValueError, match="ir50"):
         models.input_size("resnet18")
-    assert models.available() == ["ir50", "mobilefacenet", "r50"]
+    assert models.available() == ["ir50", "mobilefacenet", "r50", "tinyfacenet"]

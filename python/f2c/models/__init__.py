@@ -14,13 +14,17 @@ from torch import nn
 from f2c.models.iresnet import IResNet, iresnet50
 from f2c.models.mobilefacenet import MobileFaceNet, mobilefacenet
 from f2c.models.resnet import ResNet, resnet50
+from f2c.models.tiny import TinyFaceNet, tinyfacenet
 
-__all__ = ["IResNet", "MobileFaceNet", "ResNet", "available", "create", "input_size"]
+__all__ = [
+    "IResNet", "MobileFaceNet", "ResNet", "TinyFaceNet", "available", "create", "input_size"
+]
 
 _FACTORIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     "ir50": (iresnet50, 112),
     "r50": (resnet50, 224),
     "mobilefacenet": (mobilefacenet, 112),
+    "tinyfacenet": (tinyfacenet, 64),  # small CPU net (default job, tests)
 }
 
 

@@ -168,7 +168,7 @@ class Trainer:
         # Identical initial weights on every rank (DDP also broadcasts rank 0's at wrap time,
         # but the gallery copy and the head are built before that).
         torch.manual_seed(tcfg.seed)
-        backbone = models.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size)
+        backbone = self._create_backbone(models)
         self.nets = heads.ProbeGallery(backbone, momentum=cfg.head.ema_momentum).to(self.device)
         margin = heads.MarginConfig(kind=cfg.head.margin, margin=cfg.head.m, scale=cfg.head.s)
         self.head = heads.build_head(
@@ -226,6 +226,27 @@ class Trainer:
         self.finished = False
         self.best_effort_resume = False
         self.stats = RunStats()
+
+    def _create_backbone(self, models: Any) -> nn.Module:
+        """The configured backbone, built for the db's image size."""
+        name = self.config.model.backbone
+        height, width = self.image_size
+        if height != width:
+            raise TrainingError(f"the training db holds {height}x{width} images; need squares")
+        kwargs: dict[str, Any] = {}
+        try:
+            native = models.input_size(name)
+        except ValueError as exc:
+            raise TrainingError(f"model.backbone: {exc}") from exc
+        if height != native:
+            kwargs["input_size"] = height  # backbones size their final pooling from it
+        try:
+            return models.create(name, embedding_size=self.config.model.embedding_size, **kwargs)
+        except TypeError as exc:
+            raise TrainingError(
+                f"backbone {name!r} expects {native}x{native} inputs and cannot be built for the "
+                f"db's {height}x{width} images: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ schedule
 
@@ -345,6 +366,7 @@ class Trainer:
                 "backbone": self.config.model.backbone,
                 "embedding_size": self.config.model.embedding_size,
                 "image_size": list(self.image_size),
+                "input_size": self.image_size[0],  # models.create(..., input_size=...)
             },
             "probe": _unwrap(self.nets.probe).state_dict(),
             "gallery": self.nets.gallery.state_dict(),
