@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from f2c.evaluation.megaface import (
+    _candidates,
+    _merge_topk,
+    _merge_topk_torch,
     _same_identity_pairs,
     load_megaface,
     megaface_evaluate,
@@ -52,12 +55,15 @@ def dense_reference(probes, ids, dis, ranks, fars):
 
 @pytest.mark.parametrize("tile", [1, 7, 64, 5000])
 @pytest.mark.parametrize("min_buffer", [1, 1 << 20])
-def test_streamed_equals_dense(tile: int, min_buffer: int) -> None:
+@pytest.mark.parametrize("fars", [(1e-3,), (0.0, 1e-4, 0.01, 0.3)])
+def test_streamed_equals_dense(tile: int, min_buffer: int, fars: tuple[float, ...]) -> None:
+    # fars=(1e-3,) keeps fewer impostors than probes x ranks: the sparse "bound" path;
+    # a FAR of 0.3 keeps more: impostors are held densely until the floor is known.
     rng = np.random.default_rng(tile)
     ids = rng.integers(0, 6, 40)
     probes = quantised(rng, 40, 16)
-    dis = quantised(rng, 900, 16)
-    fars = (0.0, 1e-4, 1e-3, 0.01, 0.3)
+    n = 300 if tile == 1 else 900
+    dis = quantised(rng, n, 16)
     res = megaface_evaluate(probes, ids, dis, ranks=10, fars=fars, tile=tile,
                             min_buffer=min_buffer, distractor_list="unit")
     cmc, tars, searches, genuine = dense_reference(probes, ids, dis, 10, fars)
@@ -65,7 +71,7 @@ def test_streamed_equals_dense(tile: int, min_buffer: int) -> None:
     assert res.rank1 == cmc[0]
     assert res.tar_at_far == pytest.approx(tars)
     assert res.probe_pairs == searches and res.genuine_pairs == genuine
-    assert res.distractors == 900 and res.probes == 40 and res.distractor_list == "unit"
+    assert res.distractors == n and res.probes == 40 and res.distractor_list == "unit"
 
 
 def test_streamed_accepts_memmap_and_tensor(tmp_path: Path) -> None:
@@ -109,6 +115,33 @@ def test_topk_and_impostor_state() -> None:
     torch.testing.assert_close(st.impostor_top.double(), dense.reshape(-1).topk(37).values)
     # k larger than the distractor count is clamped
     assert stream_distractors(probes, dis[:3], k=10).topk.shape == (10, 3)
+
+
+@pytest.mark.parametrize("level", [-10.0, 1.5, 2.5, 10.0])
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_candidates_match_nonzero(level: float, numpy_path: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(50, 37, generator=g)
+    thr = torch.full((50,), level) + torch.randn(50, generator=g)  # some rows above, some not
+    mask = np.empty(50 * 37, dtype=bool) if numpy_path else None
+    got = _candidates(s, thr, mask)
+    want = torch.nonzero((s > thr[:, None]).reshape(-1)).squeeze(1)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("merge", [_merge_topk, _merge_topk_torch])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_merge_topk_matches_dense(merge, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    topk = torch.randn(20, 4, generator=g).sort(dim=1, descending=True).values
+    topk[3] = 0.5  # ties between the current top-K and candidates
+    cand = torch.randint(0, 5, (200,), generator=g).float() / 4  # ties with each other
+    rows = torch.randint(0, 20, (200,), generator=g).sort().values
+    dense = torch.full((20, 200), -math.inf)
+    dense[rows, torch.arange(200)] = cand
+    want = torch.cat([topk, dense], dim=1).topk(4, dim=1).values
+    merge(topk, rows, cand)
+    assert torch.equal(topk, want)
 
 
 def test_same_identity_pairs() -> None:

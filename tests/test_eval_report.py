@@ -169,3 +169,50 @@ def test_checkpoint_loading(tmp_path: Path, tiny_models: None) -> None:
 
 class _NotAllowed:
     pass
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_evaluation_scripts_forward_to_the_cli(
+    tmp_path: Path, tiny_models: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "evaluation"))
+    from _forward import forward
+
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    pairs, _ = write_pair_set(tmp_path / "synth")
+    forward("pairs", [str(pairs), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
+    df = pl.read_csv(tmp_path / "o" / "results.csv")
+    assert df["metric"].to_list() == ["accuracy"] and df["n"].to_list() == [60]
+    with pytest.raises(SystemExit, match="usage"):
+        forward("ytf", ["--checkpoint", str(ckpt)])
+
+
+def test_megaface_from_stored_features_script(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from f2c.evaluation.megaface import megaface_evaluate
+
+    rng = np.random.default_rng(0)
+    probes = rng.normal(size=(30, 8)).astype(np.float32) * 3
+    ids = np.repeat(np.arange(6), 5).astype(str)
+    dis = rng.normal(size=(500, 8)).astype(np.float32) * 2
+    np.save(tmp_path / "p.npy", probes)
+    np.save(tmp_path / "d.npy", dis)
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    subprocess.run(
+        [sys.executable, str(REPO / "evaluation" / "eval_megaface_features.py"),
+         "--probes", str(tmp_path / "p.npy"), "--probe-ids", str(tmp_path / "ids.txt"),
+         "--distractors", str(tmp_path / "d.npy"), "--tile", "64", "--out", str(tmp_path / "o")],
+        check=True, capture_output=True,
+    )
+    df = pl.read_csv(tmp_path / "o" / "results.csv")
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    ref = megaface_evaluate(unit(probes), ids, unit(dis))
+    got = dict(zip(df["metric"], df["value"], strict=True))
+    assert got["rank1"] == pytest.approx(ref.rank1)
+    assert got["tar@far=1e-06"] == pytest.approx(ref.tar_at_far[1e-6])
+    assert "d.npy (500 rows)" in df["data"][0]

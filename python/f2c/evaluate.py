@@ -56,9 +56,10 @@ def create_model(name: str, embedding_size: int) -> torch.nn.Module:
 def _default_input_size(name: str) -> int | None:
     try:
         from f2c.models import input_size
-    except ImportError:
+
+        return int(input_size(name))
+    except (ImportError, KeyError, ValueError):  # no model zoo, or a backbone it doesn't know
         return None
-    return int(input_size(name))
 
 
 @dataclass
