@@ -6,15 +6,18 @@ A step is forward + backward + the update of the head's own state: for F²C the 
 embeddings for a per-rank batch B = 128 (D = 512), exactly as the training loop feeds the heads:
 F²C gets the views x and y of 1.5·B = 192 rows each (probe and gallery); the FC heads get the
 3·B = 384 probe embeddings of both views. F²C's pool is full before timing, and every step
-brings new labels (cycling through 8 pre-drawn label batches).
+brings freshly drawn labels (40 pre-drawn label batches, more than the steps of a case).
 
 Q is clamped up to the head's minimum (192 for B = 128 on one rank); ``extra_info`` records the Q
 used. Peak memory: with ``--benchmark-enable``, each case is re-run in a fresh subprocess that
-reports ``peak_rss_mb`` = peak resident set size (``ru_maxrss``) minus the RSS after importing
-torch (before the inputs, < 2 MB, and the head exist): the head's state plus the step's
-temporaries. For F²C, ``bookkeeping_share`` is the share of the step spent in the pool
-bookkeeping (index assign / undo / lookup, write plans, the pool writes and pass A's override
-views).
+reports ``peak_rss_mb`` = peak resident set size (VmHWM) minus the RSS before the case is
+built (after a tiny warm-up case has faulted in the library code it runs): the head's state,
+inputs (< 2 MB) and the step's temporaries. For F²C, ``bookkeeping_share`` is the share of
+the step spent in the pool bookkeeping (index assign / undo / lookup, write plans, the pool
+writes and pass A's override views).
+
+On a shared machine, run with ``OMP_NUM_THREADS=1``: multi-threaded BLAS under contention
+varies by 10× from run to run.
 
     pytest benches/bench_heads.py --benchmark-enable                # C = 10k, 100k
     pytest benches/bench_heads.py --benchmark-enable -m slow -k 1M  # C = 1M (~14 GB for fc)
@@ -25,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ from f2c.heads import MarginConfig, build_head, minimum_pool_size
 
 B, D = 128, 512
 ROWS = B + (B + 1) // 2  # rows of one F²C view
-LABEL_BATCHES = 8
+LABEL_BATCHES = 40  # more than the steps of one case: every step draws fresh labels
 HEADS = {  # id → (head name, pool ratio or sample rate)
     "f2c-1%": ("f2c", 0.01),
     "f2c-0.1%": ("f2c", 0.001),
@@ -53,6 +55,16 @@ SIZES = {"10k": 10_000, "100k": 100_000, "1M": 1_000_000}
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: that keeps the high-water mark of the
+    forked parent across exec, so a small case run after a big one would report the big one."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (needs Linux)")
 
 
 class HeadStep:
@@ -163,6 +175,8 @@ def _run(benchmark: Any, head_id: str, size: str) -> None:
     if not benchmark.disabled:
         step()  # warm-up (allocations, PartialFC's gradient buffer)
     benchmark.extra_info.update(step.info)
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
+    benchmark.extra_info["load_average_1min"] = os.getloadavg()[0]
     benchmark.pedantic(step, rounds=_rounds(head_id, SIZES[size]), iterations=1)
     assert step.last_stats is not None
     if step.name == "f2c":
@@ -192,11 +206,19 @@ def bench_head_step_1m(benchmark: Any, head_id: str, size: str) -> None:
 
 def _peak_main(head_id: str, size: str) -> None:
     torch.manual_seed(0)
+    # Fault in the code the step runs (torch / BLAS pages count in RSS) with a tiny case first,
+    # then reset the high-water mark to the current RSS (Linux >= 4.0).
+    warm = HeadStep(head_id, 2_000)
+    warm()
+    warm()
+    del warm
     base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     step = HeadStep(head_id, SIZES[size])
     for _ in range(2):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _peak_rss_mb()
     print(json.dumps({"peak_rss_mb": round(peak - base, 1), "base_rss_mb": round(base, 1)}))
 
 
