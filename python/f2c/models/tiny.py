@@ -1,8 +1,9 @@
 """``tinyfacenet``: a small plain CNN for CPU runs (the embedded default job, tests).
 
-Six 3×3 conv–BN–ReLU layers (four of stride 2), then a linear embedding over the flattened
-``S/16 × S/16`` map with a final BatchNorm (the insightface output-layer pattern). About 1M
-parameters and ~70 MFLOPs per 64×64 image — roughly 10× cheaper than MobileFaceNet at 112×112,
+Six 3×3 conv–BN–ReLU layers (four of stride 2), an adaptive average pool to 4×4 (the identity
+at the native 64×64 input, so the same weights accept any input size), then a linear embedding
+with a final BatchNorm (the insightface output-layer pattern). About 1M parameters and
+~70 MFLOPs per 64×64 image — roughly 10× cheaper than MobileFaceNet at 112×112,
 which on a 2-core CPU is dominated by depthwise and PReLU backward kernels.
 """
 
@@ -23,7 +24,10 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
 
 
 class TinyFaceNet(nn.Module):
-    """Input ``[N, 3, S, S]`` (S a multiple of 16, default 64) → ``[N, embedding_size]``."""
+    """Input ``[N, 3, S, S]`` (S a multiple of 16, native 64) → ``[N, embedding_size]``.
+
+    ``input_size`` is only checked: the layers do not depend on it.
+    """
 
     def __init__(
         self,
@@ -43,10 +47,10 @@ class TinyFaceNet(nn.Module):
             *_conv_bn_relu(w3, w3, 1),
             *_conv_bn_relu(w3, w4, 2),
         )
-        spatial = input_size // 16
         self.embedding = nn.Sequential(
+            nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
-            nn.Linear(w4 * spatial * spatial, embedding_size, bias=False),
+            nn.Linear(w4 * 16, embedding_size, bias=False),
             nn.BatchNorm1d(embedding_size),
         )
         for module in self.modules():

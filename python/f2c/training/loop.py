@@ -147,14 +147,14 @@ class Trainer:
 
         # Samplers first: they refuse too-small dbs and more ranks than identities.
         try:
-            self.instance_sampler = DistributedInstanceSampler(
-                len(db), self.batch_size, rank=runtime.rank,
-                world_size=runtime.world_size, seed=tcfg.seed,
-            )
             self.identity_sampler = DistributedIdentitySampler(
                 np.asarray(db.index.identity_offsets), np.asarray(db.index.identity_rows),
                 self.batch_size, rank=runtime.rank, world_size=runtime.world_size,
                 seed=tcfg.seed,
+            )
+            self.instance_sampler = DistributedInstanceSampler(
+                len(db), self.batch_size, rank=runtime.rank,
+                world_size=runtime.world_size, seed=tcfg.seed,
             )
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
