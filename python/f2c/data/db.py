@@ -1,0 +1,259 @@
+"""Training-db files on disk: layout, writer, label map and the Caffe ``Datum`` wrapper.
+
+A packed db is a folder holding
+
+- ``train.lmdb/`` — the LMDB environment; value = the JPEG bytes of one aligned crop,
+- ``train.kv`` — one ``key label`` line per image (single space; the label follows the last
+  space), in the order the records were written,
+- ``labels.tsv`` — ``label<TAB>identity name`` per identity, labels in sorted-name order.
+
+Writers build the folder under a temporary name and rename it when complete, so a folder with
+the final name is always whole (see :func:`staging_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from f2c._native import KvIndex, LmdbReader
+
+__all__ = [
+    "KV_NAME",
+    "LABELS_NAME",
+    "LMDB_NAME",
+    "DbLayout",
+    "TrainingDbWriter",
+    "encode_datum",
+    "open_db",
+    "read_label_map",
+    "staging_dir",
+    "validate_key",
+]
+
+LMDB_NAME = "train.lmdb"
+KV_NAME = "train.kv"
+LABELS_NAME = "labels.tsv"
+
+# LMDB's default maximum key size.
+MAX_KEY_BYTES = 511
+
+
+@dataclass(frozen=True)
+class DbLayout:
+    """Paths of the files of a packed db folder."""
+
+    root: Path
+
+    @property
+    def lmdb_path(self) -> Path:
+        return self.root / LMDB_NAME
+
+    @property
+    def kv_path(self) -> Path:
+        return self.root / KV_NAME
+
+    @property
+    def labels_path(self) -> Path:
+        return self.root / LABELS_NAME
+
+
+def validate_key(key: str) -> bytes:
+    """The UTF-8 bytes of a record key, or ``ValueError`` if the kv format cannot hold it."""
+    raw = key.encode("utf-8")
+    if not raw:
+        raise ValueError("empty record key")
+    if b"\n" in raw or b"\r" in raw:
+        raise ValueError(f"record key {key!r} contains a line break")
+    if len(raw) > MAX_KEY_BYTES:
+        raise ValueError(f"record key {key!r} is longer than {MAX_KEY_BYTES} bytes")
+    return raw
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_datum(
+    image: bytes,
+    *,
+    label: int | None = None,
+    image_field: int = 4,
+    shape: tuple[int, int, int] | None = None,
+) -> bytes:
+    """A Caffe ``Datum`` protobuf holding encoded ``image`` bytes.
+
+    ``image_field`` 4 is Caffe's ``data``; 1 reproduces writers that put the bytes in field 1.
+    ``shape`` (channels, height, width) fills fields 1–3 (only with ``image_field=4``).
+    """
+    if image_field not in (1, 4):
+        raise ValueError(f"image_field must be 4 (Caffe's data) or 1, got {image_field}")
+    out = bytearray()
+    if shape is not None:
+        if image_field == 1:
+            raise ValueError("shape fields cannot be combined with image_field=1")
+        for field, value in zip((1, 2, 3), shape, strict=True):
+            out += _varint(field << 3) + _varint(int(value))
+    out += _varint(image_field << 3 | 2) + _varint(len(image)) + image
+    if label is not None:
+        out += _varint(5 << 3) + _varint(int(label))
+    if image_field == 4:
+        out += _varint(7 << 3) + _varint(1)  # encoded = true
+    return bytes(out)
+
+
+def read_label_map(path: str | os.PathLike[str]) -> dict[str, int]:
+    """``labels.tsv`` → {identity name: label}."""
+    mapping: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            label, sep, name = line.rstrip("\n").partition("\t")
+            if not sep or not label.isdigit() or not name:
+                raise ValueError(f"{os.fspath(path)}:{line_no}: expected `label<TAB>name`")
+            mapping[name] = int(label)
+    return mapping
+
+
+class TrainingDbWriter:
+    """Writes records into a db folder (LMDB + kv + label map), committing in batches.
+
+    The LMDB map grows on demand, so no size has to be guessed up front. Use as a context
+    manager; :meth:`close` writes the label map and flushes everything.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        identity_names: Sequence[str],
+        *,
+        commit_every: int = 2048,
+        initial_map_size: int = 1 << 30,
+    ) -> None:
+        self.layout = DbLayout(Path(root))
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        for name in identity_names:
+            if not name or "\t" in name or "\n" in name or "\r" in name:
+                raise ValueError(f"identity name {name!r} cannot be stored in {LABELS_NAME}")
+        self.identity_names = list(identity_names)
+        self._env = lmdb.open(
+            os.fspath(self.layout.lmdb_path),
+            map_size=initial_map_size,
+            subdir=True,
+            meminit=False,
+            map_async=True,
+            writemap=False,
+        )
+        self._kv = open(self.layout.kv_path, "w", encoding="utf-8", newline="\n")
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._commit_every = commit_every
+        self.count = 0
+        self._closed = False
+
+    def add(self, key: str, label: int, value: bytes) -> None:
+        raw = validate_key(key)
+        if not 0 <= label < len(self.identity_names):
+            raise ValueError(f"label {label} outside 0..{len(self.identity_names) - 1}")
+        self._pending.append((raw, value))
+        self._kv.write(f"{key} {label}\n")
+        self.count += 1
+        if len(self._pending) >= self._commit_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        if not txn.put(key, value, overwrite=False):
+                            raise ValueError(f"duplicate record key {key.decode('utf-8')!r}")
+                break
+            except lmdb.MapFullError:
+                # The transaction was aborted; grow the map and write the batch again.
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._flush()
+            self._env.sync(True)
+        finally:
+            self._env.close()
+            self._kv.close()
+        with open(self.layout.labels_path, "w", encoding="utf-8", newline="\n") as f:
+            for label, name in enumerate(self.identity_names):
+                f.write(f"{label}\t{name}\n")
+
+    def abort(self) -> None:
+        """Closes the files without finishing the label map (the folder is then discarded)."""
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+            self._kv.close()
+
+    def __enter__(self) -> TrainingDbWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@contextlib.contextmanager
+def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling folder of ``final`` renamed to ``final`` when the block succeeds.
+
+    On an exception (Ctrl-C included) the temporary folder is removed; a crash leaves only a
+    ``<name>.tmp-*`` folder, never one with the final name.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f"{final.name}.old-", dir=final.parent))
+            os.replace(final, trash / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def open_db(
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    num_threads: int | None = None,
+) -> tuple[KvIndex, LmdbReader]:
+    """``KvIndex`` and ``LmdbReader`` over one or more packed db folders (labels offset)."""
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
+    layouts = [DbLayout(Path(r)) for r in roots]
+    index = KvIndex([os.fspath(layout.kv_path) for layout in layouts])
+    reader = LmdbReader(
+        [os.fspath(layout.lmdb_path) for layout in layouts], index, num_threads=num_threads
+    )
+    return index, reader
