@@ -79,11 +79,16 @@ def test_score_methods_agree(method: str, block: int) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-def test_unknown_template_in_pairs() -> None:
-    ids = np.array([1, 2, 3])
+@pytest.mark.parametrize("offset", [0, 1 << 40])  # lookup table / binary search
+def test_template_lookup_and_unknown_template(offset: int) -> None:
+    ids = np.array([0, 2, 3]) + offset
     tf = torch.eye(3)
-    with pytest.raises(ValueError, match=r"template 9 \(pair 2\) has no images"):
-        score_template_pairs(ids, tf, np.array([1, 9]), np.array([2, 3]), source="p.txt")
+    got = score_template_pairs(ids, tf, ids[[0, 1, 2, 2]], ids[[0, 2, 2, 1]])
+    np.testing.assert_array_equal(got, [1.0, 0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=rf"template {9 + offset} \(pair 2\) has no images"):
+        score_template_pairs(ids, tf, ids[[0, 0]], np.array([2, 9]) + offset, source="p.txt")
+    with pytest.raises(ValueError, match=rf"template {offset - 5} \(pair 1\)"):
+        score_template_pairs(ids, tf, np.array([offset - 5]), ids[:1])
 
 
 def write_meta(root: Path, names, tids, mids, pairs, scores=None) -> None:

@@ -151,13 +151,31 @@ def pool_templates(
 
 
 def _template_rows(tids: np.ndarray, query: np.ndarray, what: str) -> np.ndarray:
-    rows = np.searchsorted(tids, query)
-    rows_c = np.minimum(rows, len(tids) - 1)
-    missing = tids[rows_c] != query
+    """Row of each queried template id in the sorted ``tids`` (a lookup table when the ids are
+    compact, else a binary search); unknown ids are an error naming the pair."""
+    query = np.asarray(query, dtype=np.int64)
+    lo, hi = int(tids[0]), int(tids[-1])
+    if lo >= 0 and hi < max(1 << 26, 16 * len(tids)):
+        lut = np.full(hi + 2, -1, dtype=np.int64)
+        lut[tids] = np.arange(len(tids))
+        clipped = np.clip(query, 0, hi + 1)
+        rows = lut[clipped]
+        missing = (rows < 0) | (clipped != query)
+    else:
+        rows = np.minimum(np.searchsorted(tids, query), len(tids) - 1)
+        missing = tids[rows] != query
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         raise ValueError(f"{what}: template {query[i]} (pair {i + 1}) has no images")
-    return rows_c
+    return rows
+
+
+def _compact(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct rows, index of each row among them) in O(len + n), without a sort."""
+    present = np.bincount(rows, minlength=n) > 0
+    distinct = np.flatnonzero(present)
+    remap = np.cumsum(present) - 1
+    return distinct, remap[rows]
 
 
 def score_template_pairs(
@@ -172,19 +190,20 @@ def score_template_pairs(
 ) -> np.ndarray:
     """Cosine score of each template pair (features already normalised); float32 ``[P]``.
 
-    ``gather`` takes the row-wise dot product of the two templates of each pair (memory-bound,
-    ~4 KB per pair). ``gemm`` computes the (unique a) × (unique b) score matrix in row blocks and
-    picks the pairs out of it — far cheaper when pairs are dense over the templates, as in
-    IJB-C 1:1 (15.7M pairs over ~23k × 23k). ``auto`` chooses by an estimate of both costs.
+    ``gather`` takes the row-wise dot product of the two templates of each pair (memory-bound:
+    ~24·D bytes of traffic per pair). ``gemm`` computes the (distinct a) × (distinct b) score
+    matrix in row blocks and picks the pairs out of it (2·D flops per cell, at ~100x the rate) —
+    far cheaper when pairs are dense over the templates, as in IJB-C 1:1 (15.7M pairs over
+    ~23k × 23k templates). ``auto`` compares the two estimates.
     """
-    ra = _template_rows(tids, np.asarray(pair_a), source)
-    rb = _template_rows(tids, np.asarray(pair_b), source)
+    n = len(tids)
+    ra = _template_rows(tids, pair_a, source)
+    rb = _template_rows(tids, pair_b, source)
     tf = template_features.to(torch.float32)
-    ua, a_inv = np.unique(ra, return_inverse=True)
-    ub, b_inv = np.unique(rb, return_inverse=True)
+    ua, a_inv = _compact(ra, n)
+    ub, b_inv = _compact(rb, n)
     if method == "auto":
-        # GEMM ~ 2 flops per (a, b, d) at ~50x the rate of a random 4-byte read + write.
-        method = "gemm" if len(ua) * len(ub) < 25 * len(ra) else "gather"
+        method = "gemm" if len(ua) * len(ub) < 100 * len(ra) else "gather"
     out = np.empty(len(ra), dtype=np.float32)
     if method == "gather":
         step = 1 << 16
@@ -197,10 +216,13 @@ def score_template_pairs(
         raise ValueError(f"unknown method {method!r}")
     fa = tf[torch.from_numpy(ua)]
     fb_t = tf[torch.from_numpy(ub)].T.contiguous()
-    # Pairs sorted by their row in the a-block, so each block's pairs are one slice.
-    order = np.argsort(a_inv, kind="stable")
-    a_sorted = a_inv[order]
-    bounds = np.searchsorted(a_sorted, np.arange(0, len(ua) + block, block))
+    # Pairs grouped by row block of a (a stable counting sort on the block number), so each
+    # block's pairs are one slice of ``order``.
+    blk = a_inv // block
+    n_blocks = (len(ua) + block - 1) // block
+    counts = np.bincount(blk, minlength=n_blocks)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    order = np.argsort(blk.astype(np.int16) if n_blocks < 2**15 else blk, kind="stable")
     buf = torch.empty(min(block, len(ua)), len(ub), dtype=torch.float32)
     for i, start in enumerate(range(0, len(ua), block)):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
