@@ -216,3 +216,18 @@ def test_megaface_from_stored_features_script(tmp_path: Path) -> None:
     assert got["rank1"] == pytest.approx(ref.rank1)
     assert got["tar@far=1e-06"] == pytest.approx(ref.tar_at_far[1e-6])
     assert "d.npy (500 rows)" in df["data"][0]
+
+
+def test_cli_with_a_real_backbone(tmp_path: Path) -> None:
+    """No test seams: f2c.models builds the backbone named by a training-style checkpoint."""
+    models = pytest.importorskip("f2c.models")
+    net = models.create("tinyfacenet", embedding_size=32)
+    ckpt = tmp_path / "run.pt"
+    torch.save({"config": {"model": {"backbone": "tinyfacenet", "embedding_size": 32}},
+                "probe": net.state_dict()}, ckpt)
+    pairs, _ = write_pair_set(tmp_path / "synth", size=16)  # resized to the backbone's input
+    df = cli.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                   "--benchmark", f"pairs={pairs}", "--device", "cpu"])
+    assert df["metric"].to_list() == ["accuracy"] and 0.0 <= df["value"][0] <= 1.0
+    manifest = (tmp_path / "o" / "features" / "pairs.json").read_text()
+    assert f'"image_size": {models.input_size("tinyfacenet")}' in manifest
