@@ -181,6 +181,7 @@ fn parse_kv_bytes(
     key_bytes: &mut Vec<u8>,
     key_ends: &mut KeyEnds,
     labels: &mut Vec<i64>,
+    counts: &mut Vec<i64>,
 ) -> Result<i64> {
     let first_row = labels.len();
     let mut max_label = -1;
@@ -201,7 +202,14 @@ fn parse_kv_bytes(
         max_label = max_label.max(label);
         key_bytes.extend_from_slice(&line[..key_len]);
         key_ends.push(key_bytes.len());
-        labels.push(label + label_offset);
+        let label = label + label_offset;
+        labels.push(label);
+        // Rows per class, counted here to save the CSR a pass over the labels.
+        let class = label as usize;
+        if class >= counts.len() {
+            counts.resize(class + 1, 0);
+        }
+        counts[class] += 1;
     }
     if labels.len() == first_row {
         return Err(parse_error(
@@ -248,6 +256,7 @@ impl KvIndex {
         let max_rows = total_bytes / 4 + paths.len();
         let mut key_ends = KeyEnds::with_capacity(max_rows, total_bytes as u64);
         let mut labels: Vec<i64> = bigvec::with_capacity(max_rows);
+        let mut counts: Vec<i64> = Vec::new();
         let mut file_starts = vec![0usize];
         let mut label_offsets = Vec::with_capacity(paths.len());
         let mut next_offset: i64 = 0;
@@ -261,6 +270,7 @@ impl KvIndex {
                 &mut key_bytes,
                 &mut key_ends,
                 &mut labels,
+                &mut counts,
             )?;
             if next_offset + max_label > MAX_LABEL {
                 return Err(F2cError::InvalidInput(format!(
@@ -277,7 +287,7 @@ impl KvIndex {
         key_ends.shrink_to_fit();
         labels.shrink_to_fit();
         let num_classes = next_offset as usize;
-        let (identity_offsets, identity_rows) = build_csr(&labels, num_classes);
+        let (identity_offsets, identity_rows) = build_csr(&labels, counts, num_classes);
         Ok(Self {
             paths: paths.iter().map(|p| p.as_ref().to_path_buf()).collect(),
             key_bytes,
@@ -359,21 +369,31 @@ impl KvIndex {
 
 /// Counting sort of rows by label: rows of class `c` are
 /// `rows[offsets[c]..offsets[c + 1]]`, in increasing row order.
-fn build_csr(labels: &[i64], num_classes: usize) -> (Vec<i64>, Vec<i64>) {
-    let mut offsets = bigvec::filled(num_classes + 1, 0i64);
-    for &l in labels {
-        offsets[l as usize + 1] += 1;
+fn build_csr(labels: &[i64], mut counts: Vec<i64>, num_classes: usize) -> (Vec<i64>, Vec<i64>) {
+    counts.resize(num_classes, 0);
+    let mut offsets = bigvec::with_capacity(num_classes + 1);
+    offsets.push(0i64);
+    let mut total = 0;
+    for &n in &counts {
+        total += n;
+        offsets.push(total);
     }
-    for c in 0..num_classes {
-        offsets[c + 1] += offsets[c];
-    }
-    let mut cursor: Vec<i64> = offsets[..num_classes].to_vec();
-    let mut rows = bigvec::filled(labels.len(), 0i64);
-    for (row, &l) in labels.iter().enumerate() {
-        let slot = &mut cursor[l as usize];
-        rows[*slot as usize] = row as i64;
-        *slot += 1;
-    }
+    let rows = if labels.windows(2).all(|w| w[0] <= w[1]) {
+        // Sorted labels (the usual layout): the rows are already grouped.
+        let mut rows = bigvec::with_capacity(labels.len());
+        rows.extend(0..labels.len() as i64);
+        rows
+    } else {
+        let mut cursor = counts; // reused as the next free slot of each class
+        cursor.copy_from_slice(&offsets[..num_classes]);
+        let mut rows = bigvec::filled(labels.len(), 0i64);
+        for (row, &l) in labels.iter().enumerate() {
+            let slot = &mut cursor[l as usize];
+            rows[*slot as usize] = row as i64;
+            *slot += 1;
+        }
+        rows
+    };
     (offsets, rows)
 }
 
