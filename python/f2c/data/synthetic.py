@@ -50,6 +50,7 @@ from f2c.data.db import DbLayout, TrainingDbWriter, staging_dir
 __all__ = [
     "GENERATOR_VERSION",
     "SyntheticDataset",
+    "kfold_threshold_accuracy",
     "make_synthetic_dataset",
     "main",
     "pixel_cosine_accuracy",
