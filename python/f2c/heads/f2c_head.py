@@ -293,7 +293,9 @@ class DynamicClassPool(nn.Module):
         # Row 0: A's own writes, and the pre-B values of slots B is about to overwrite.
         a0_slots, a0_src = plan_a.slots_of_row(0)
         b0_slots, _ = plan_b.slots_of_row(0)
-        restore = b0_slots[(b0_slots < count_a) & ~np.isin(b0_slots, a0_slots)]
+        a_writes_row0 = np.zeros(self.pool_size, dtype=bool)
+        a_writes_row0[a0_slots] = True
+        restore = b0_slots[(b0_slots < count_a) & ~a_writes_row0[b0_slots]]
         cols0 = np.concatenate([restore, a0_slots])
         vals0 = torch.cat(
             [
@@ -305,13 +307,14 @@ class DynamicClassPool(nn.Module):
         cols1 = plan_a.hit_present
         vals1 = self.prototypes[1, self._device_index(cols1)]
         a1_slots, a1_src = plan_a.slots_of_row(1)
-        written = np.isin(cols1, a1_slots)
-        if written.any():
-            order = np.argsort(a1_slots)
-            src = a1_src[order[np.searchsorted(a1_slots[order], cols1[written])]]
-            vals1[self._device_index(np.flatnonzero(written))] = feats_y[
-                self._device_index(src)
-            ].to(vals1.dtype)
+        row1_source = np.full(self.pool_size, -1, dtype=np.int64)
+        row1_source[a1_slots] = a1_src
+        src = row1_source[cols1]
+        written = np.flatnonzero(src >= 0)
+        if written.size:
+            vals1[self._device_index(written)] = feats_y[self._device_index(src[written])].to(
+                vals1.dtype
+            )
         return _PassView(
             count=count_a,
             targets=self._device_index(targets_a),
