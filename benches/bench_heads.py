@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,8 +86,10 @@ class HeadStep:
             self.inputs[0].requires_grad_(True)  # probe x
             self.inputs[2].requires_grad_(True)  # probe y
             self.labels = []
+            # numpy's choice without replacement is O(k); a randperm of C per batch is O(C).
+            rng = np.random.default_rng(seed)
             for _ in range(LABEL_BATCHES):
-                ids = torch.randperm(num_classes, generator=gen)[:B]
+                ids = torch.from_numpy(rng.choice(num_classes, size=B, replace=False))
                 inst = torch.randint(0, num_classes, (2, ROWS - B), generator=gen)
                 self.labels.append((torch.cat([ids, inst[0]]), torch.cat([ids, inst[1]])))
         else:
@@ -105,7 +108,8 @@ class HeadStep:
             # A full pool: Q distinct classes with random features.
             q = self.info["pool_size"]
             self.head.write_gallery(  # type: ignore[operator]
-                torch.randperm(num_classes, generator=gen)[:q], torch.randn(q, D, generator=gen)
+                torch.from_numpy(rng.choice(num_classes, size=q, replace=False)),
+                torch.randn(q, D, generator=gen),
             )
         else:
             self.optimizer = torch.optim.SGD(
