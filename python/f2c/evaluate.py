@@ -7,8 +7,8 @@
 
 Benchmarks (``NAME=PATH``): ``lfw``, ``sllfw``, ``cplfw``, ``calfw``, ``cfp_fp``, ``cfp_ff``,
 ``agedb_30`` (a ``.bin`` pack or a pairs file; protocol fold sizes are enforced), ``pairs`` (any
-pairs file / ``.bin`` with 10 equal folds), ``ytf``, ``ijbc``, ``megaface`` (folders; layouts in
-``evaluation/README.md``). Unknown names are refused.
+pairs file / ``.bin`` with 10 equal folds), ``ytf``, ``ijbc`` (1:1), ``ijbc_1n``, ``megaface``
+(folders; layouts in ``evaluation/README.md``). Unknown names are refused.
 
 Writes ``<out>/results.csv`` and ``<out>/results.md`` (rows for the same model, benchmark and
 metric are replaced, others kept, so several checkpoints can share one table),
@@ -31,6 +31,11 @@ import polars as pl
 import torch
 
 from f2c.evaluation.features import ImageFiles, cached_features
+from f2c.evaluation.identification import (
+    identification_metrics,
+    pool_template_list,
+    read_template_csv,
+)
 from f2c.evaluation.ijbc import IJBC_FARS, evaluate_ijbc_features, read_ijbc_meta
 from f2c.evaluation.megaface import load_megaface, megaface_evaluate
 from f2c.evaluation.pairs import PROTOCOL_FOLD_SIZES, evaluate_pair_features, load_pair_set
@@ -40,7 +45,9 @@ from f2c.evaluation.ytf import evaluate_ytf_features, load_ytf
 __all__ = ["LoadedModel", "create_model", "load_checkpoint_model", "main", "run_benchmark"]
 
 PAIR_KINDS = (*PROTOCOL_FOLD_SIZES, "pairs")
-KINDS = (*PAIR_KINDS, "ytf", "ijbc", "megaface")
+KINDS = (*PAIR_KINDS, "ytf", "ijbc", "ijbc_1n", "megaface")
+IJBC_1N_LISTS = {"G1": "meta/ijbc_1N_gallery_G1.csv", "G2": "meta/ijbc_1N_gallery_G2.csv"}
+IJBC_1N_PROBES = "meta/ijbc_1N_probe_mixed.csv"
 KFOLD_RULE = "10 contiguous folds of {size}; threshold exact on the other 9; same iff cos > t"
 
 
@@ -210,6 +217,37 @@ def run_benchmark(
                       **common)
         fpr, tpr = r["roc"]
         plot_roc({name: (fpr, tpr)}, out / "roc_ijbc.png", title="IJB-C 1:1", fars=IJBC_FARS)
+    elif kind == "ijbc_1n":
+        probes = read_template_csv(path / IJBC_1N_PROBES)
+        galleries = {g: read_template_csv(path / f) for g, f in IJBC_1N_LISTS.items()
+                     if (path / f).is_file()}
+        if not galleries:
+            raise FileNotFoundError(f"no 1:N gallery list under {path / 'meta'} "
+                                    f"(expected {', '.join(IJBC_1N_LISTS.values())})")
+        names = np.unique(np.concatenate(
+            [probes.filenames] + [g.filenames for g in galleries.values()]))
+        files = [path / "images" / str(n) for n in names]
+        missing = next((f for f in files if not f.is_file()), None)
+        if missing is not None:
+            raise FileNotFoundError(f"IJB-C image not found: {missing}")
+        feats = _features(model, ImageFiles(files, ids=[str(n) for n in names],
+                                            image_size=opts.image_size), "ijbc_1n", opts)
+        pool = {"normalize_images": opts.ijbc_normalize_images}
+        p_feats, p_subj = pool_template_list(feats[np.searchsorted(names, probes.filenames)],
+                                             probes, **pool)
+        protocol = ("templates pooled as in 1:1; rank counts other-subject templates >= mate; "
+                    "TPIR: threshold from non-mated top-1, alarm if s > t")
+        for gname, glist in galleries.items():
+            g_feats, g_subj = pool_template_list(
+                feats[np.searchsorted(names, glist.filenames)], glist, **pool)
+            r = identification_metrics(g_feats, g_subj, p_feats, p_subj,
+                                       ranks=(1, 5, 10), fpirs=(0.01, 0.1))
+            for rank, v in r["cmc"].items():
+                table.add(metric=f"{gname} rank{rank}", value=v, n=r["mated"],
+                          protocol=protocol, **common)
+            for f, v in r["tpir"].items():
+                table.add(metric=f"{gname} tpir@fpir={f:.0e}", value=v, n=r["mated"],
+                          protocol=protocol, **common)
     elif kind == "megaface":
         ms = load_megaface(path)
         probes = _features(model, ImageFiles(ms.probe_paths, image_size=opts.image_size),

@@ -1,8 +1,9 @@
-"""Face-recognition evaluation: pair sets, YTF, IJB-C 1:1, MegaFace — exact and streamed.
+"""Face-recognition evaluation: pair sets, YTF, IJB-C 1:1 and 1:N, MegaFace — exact, streamed.
 
 Modules: :mod:`~f2c.evaluation.metrics` (k-fold accuracy, TAR@FAR, ROC),
 :mod:`~f2c.evaluation.features` (batched extraction + feature store),
 :mod:`~f2c.evaluation.pairs`, :mod:`~f2c.evaluation.ytf`, :mod:`~f2c.evaluation.ijbc`,
+:mod:`~f2c.evaluation.identification` (1:N),
 :mod:`~f2c.evaluation.megaface`, :mod:`~f2c.evaluation.report`. The command line is
 ``python -m f2c.evaluate``.
 """
