@@ -160,6 +160,13 @@ def test_errors() -> None:
         rank1(probes, np.arange(3), probes)
     with pytest.raises(ValueError, match="-d"):
         rank1(probes, np.zeros(4), np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"FARs must be in \[0, 1\]"):
+        megaface_evaluate(probes, np.zeros(4), probes, fars=(1.5,))
+    with pytest.raises(ValueError, match="ranks"):
+        megaface_evaluate(probes, np.zeros(4), probes, ranks=0)
+    huge = np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="use a smaller FAR"):  # checked before any scoring
+        megaface_evaluate(probes, np.zeros(4), np.broadcast_to(huge, (20_000_000, 4)), fars=(1.0,))
 
 
 def test_load_megaface_lists_and_noise(tmp_path: Path) -> None:

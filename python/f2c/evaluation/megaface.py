@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_TILE = 8192
+MAX_IMPOSTORS_KEPT = 50_000_000  # 200 MB of float32 (x5 while buffering)
 
 
 # ---------------------------------------------------------------- streaming core
@@ -257,7 +258,6 @@ class MegaFaceResult:
     genuine_pairs: int  # unordered, for verification
     distractors: int
     distractor_list: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 def _probe_tensor(probes: npt.ArrayLike | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -290,12 +290,19 @@ def megaface_evaluate(
     a, b = _same_identity_pairs(ids)
     if len(a) == 0:
         raise ValueError("no identity has two probe images: nothing to search for")
+    if ranks < 1:
+        raise ValueError(f"ranks must be at least 1, got {ranks}")
+    if any(not 0 <= f <= 1 for f in fars):
+        raise ValueError(f"FARs must be in [0, 1], got {list(fars)}")
     m = len(distractors)
     n_imp = pt.shape[0] * m
     ks = [math.floor(f * n_imp) for f in fars]
-    if any(not 0 <= f <= 1 for f in fars):
-        raise ValueError(f"FARs must be in [0, 1], got {list(fars)}")
-    keep = max(ks) + 1 if ks else 0
+    keep = min(max(ks) + 1, n_imp) if ks else 0
+    if keep > MAX_IMPOSTORS_KEPT:
+        raise ValueError(
+            f"an exact TAR at FAR {max(fars)} needs the top {keep} of {n_imp} impostor scores "
+            f"held in memory (limit {MAX_IMPOSTORS_KEPT}); use a smaller FAR"
+        )
     state = stream_distractors(
         pt, distractors, k=ranks, impostor_keep=keep, tile=tile, min_buffer=min_buffer
     )
