@@ -103,7 +103,7 @@ def run_training(
     trainer = Trainer(config, runtime, db, run_dir)
     resumed_step: int | None = None
     if plan.resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(plan.resume_from, map_location=runtime.device))
+        trainer.load_state_dict(load_checkpoint(plan.resume_from))
         resumed_step = trainer.global_step
         _say(runtime, f"resuming {run_dir} at step {trainer.global_step} (epoch {trainer.epoch})")
         if trainer.best_effort_resume:
@@ -136,7 +136,8 @@ def run_training(
     probe_acc = gallery_acc = None
     if runtime.is_main and eval_pairs is not None:
         probe_acc = accuracy if accuracy is not None else _evaluate(trainer, eval_pairs, "probe")
-        gallery_acc = _evaluate(trainer, eval_pairs, "gallery")
+        if trainer.head.requires_gallery:  # baseline heads never update the gallery net
+            gallery_acc = _evaluate(trainer, eval_pairs, "gallery")
     runtime.barrier()
     st = trainer.stats
     wall = time.perf_counter() - started
