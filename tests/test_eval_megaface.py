@@ -10,15 +10,12 @@ import pytest
 import torch
 
 from f2c.evaluation.megaface import (
-    _candidates,
-    _merge_topk,
-    _merge_topk_torch,
     _same_identity_pairs,
     load_megaface,
     megaface_evaluate,
     rank1,
-    stream_distractors,
 )
+from f2c.evaluation.streaming import NumpyOps, TorchOps, stream_topk
 
 
 def quantised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -105,33 +102,51 @@ def test_rank1_official_definition_by_hand() -> None:
     assert r.rank1 == 0.0
 
 
-def test_topk_and_impostor_state() -> None:
+def ops_for(kind: str, p: int, width: int) -> NumpyOps | TorchOps:
+    return NumpyOps(p, width) if kind == "numpy" else TorchOps(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("keep", [0, 37, 1000])  # bound path / dense-hold path
+def test_stream_state_matches_dense(kind: str, keep: int) -> None:
     rng = np.random.default_rng(0)
     probes = torch.from_numpy(quantised(rng, 10, 8))
     dis = quantised(rng, 200, 8)
-    st = stream_distractors(probes, dis, k=5, impostor_keep=37, tile=16, min_buffer=1)
+    st = stream_topk(probes, dis, k=5, keep=keep, tile=16, min_buffer=1,
+                     ops=ops_for(kind, 10, 16))
     dense = probes.double() @ torch.from_numpy(dis).double().T
     torch.testing.assert_close(st.topk.double(), dense.topk(5, dim=1).values)
-    torch.testing.assert_close(st.impostor_top.double(), dense.reshape(-1).topk(37).values)
-    # k larger than the distractor count is clamped
-    assert stream_distractors(probes, dis[:3], k=10).topk.shape == (10, 3)
+    torch.testing.assert_close(st.global_top.double(), dense.reshape(-1).topk(keep).values)
+    # k larger than the gallery is clamped
+    assert stream_topk(probes, dis[:3], k=10).topk.shape == (10, 3)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_torch_and_numpy_post_processing_agree(kind: str) -> None:
+    rng = np.random.default_rng(8)
+    probes, dis = quantised(rng, 40, 16), quantised(rng, 700, 16)
+    st = stream_topk(torch.from_numpy(probes), dis, k=10, keep=50, tile=64, min_buffer=1,
+                     ops=ops_for(kind, 40, 64))
+    ref = stream_topk(torch.from_numpy(probes), dis, k=10, keep=50, tile=700)
+    assert torch.equal(st.topk, ref.topk) and torch.equal(st.global_top, ref.global_top)
 
 
 @pytest.mark.parametrize("level", [-10.0, 1.5, 2.5, 10.0])
-@pytest.mark.parametrize("numpy_path", [True, False])
-def test_candidates_match_nonzero(level: float, numpy_path: bool) -> None:
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_candidates_match_nonzero(level: float, kind: str) -> None:
     g = torch.Generator().manual_seed(0)
     s = torch.randn(50, 37, generator=g)
     thr = torch.full((50,), level) + torch.randn(50, generator=g)  # some rows above, some not
-    mask = np.empty(50 * 37, dtype=bool) if numpy_path else None
-    got = _candidates(s, thr, mask)
-    want = torch.nonzero((s > thr[:, None]).reshape(-1)).squeeze(1)
-    assert torch.equal(got, want)
+    ops = ops_for(kind, 50, 37)
+    rows, vals = ops.candidates(ops.view(s), thr.numpy() if kind == "numpy" else thr)
+    want = torch.nonzero(s > thr[:, None])
+    np.testing.assert_array_equal(np.asarray(rows), want[:, 0].numpy())
+    np.testing.assert_array_equal(np.asarray(vals), s[want[:, 0], want[:, 1]].numpy())
 
 
-@pytest.mark.parametrize("merge", [_merge_topk, _merge_topk_torch])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_merge_topk_matches_dense(merge, seed: int) -> None:
+def test_merge_topk_matches_dense(kind: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     topk = torch.randn(20, 4, generator=g).sort(dim=1, descending=True).values
     topk[3] = 0.5  # ties between the current top-K and candidates
@@ -140,7 +155,10 @@ def test_merge_topk_matches_dense(merge, seed: int) -> None:
     dense = torch.full((20, 200), -math.inf)
     dense[rows, torch.arange(200)] = cand
     want = torch.cat([topk, dense], dim=1).topk(4, dim=1).values
-    merge(topk, rows, cand)
+    if kind == "numpy":
+        NumpyOps.merge_topk(topk.numpy(), rows.numpy(), cand.numpy())
+    else:
+        TorchOps.merge_topk(topk, rows, cand)
     assert torch.equal(topk, want)
 
 

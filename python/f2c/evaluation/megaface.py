@@ -13,9 +13,10 @@ Definitions (features L2-normalised by the caller; similarity = dot product):
   :func:`f2c.evaluation.metrics.tar_at_far` (strict ``>``, the ⌊FAR·N⌋-th largest impostor score,
   0-based).
 
-Distractors are streamed in tiles through one GEMM each, keeping only a running top-K per probe
-and a running top-⌊FAR·N⌋+1 of all impostor scores. The probe × distractor matrix (14 GB at
-3,530 × 1M) is never built; peak extra memory is a few probe × tile buffers.
+Distractors are streamed in tiles through one GEMM each (:mod:`f2c.evaluation.streaming`),
+keeping only a running top-K per probe and a running top-⌊FAR·N⌋+1 of all impostor scores. The
+probe × distractor matrix (14 GB at 3,530 × 1M) is never built; peak extra memory is a few
+probe × tile buffers.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from f2c.evaluation.streaming import stream_topk
+
 __all__ = [
     "MegaFaceResult",
     "MegaFaceSet",
-    "StreamState",
     "load_megaface",
     "megaface_evaluate",
     "rank1",
     "read_image_list",
     "read_labelled_list",
-    "stream_distractors",
 ]
 
 DEFAULT_TILE = 8192
@@ -47,172 +48,6 @@ MAX_IMPOSTORS_KEPT = 50_000_000  # 200 MB of float32 (x5 while buffering)
 
 
 # ---------------------------------------------------------------- streaming core
-
-
-@dataclass
-class StreamState:
-    """What survives the stream: per-probe top-K and the global impostor top-n."""
-
-    topk: torch.Tensor  # [P, K] descending per row
-    impostor_top: torch.Tensor  # [min(n, P·M)] descending
-    num_distractors: int
-
-
-def _as_tile(distractors: np.ndarray | torch.Tensor, start: int, stop: int,
-             device: torch.device) -> torch.Tensor:
-    if torch.is_tensor(distractors):
-        return distractors[start:stop].to(device=device, dtype=torch.float32)
-    tile = np.asarray(distractors[start:stop])
-    if tile.dtype != np.float32 or not tile.flags.c_contiguous or not tile.flags.writeable:
-        tile = np.array(tile, dtype=np.float32, order="C")  # e.g. a read-only memmap slice
-    return torch.from_numpy(tile).to(device)
-
-
-def _candidates(s: torch.Tensor, thr: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor:
-    """Flat indices (row-major over ``s``) of the entries strictly above their row's threshold.
-
-    On CPU, numpy's vectorised row max picks the few rows that can have candidates, and only
-    those are compared (~7x faster than torch's compare + nonzero over the whole tile); on
-    other devices torch does it on the device.
-    """
-    if mask is None:
-        return torch.nonzero((s > thr.unsqueeze(1)).reshape(-1)).squeeze(1)
-    sn, tn = s.numpy(), thr.numpy()
-    rows = np.flatnonzero(sn.max(axis=1) > tn)
-    if len(rows) == 0:
-        return torch.empty(0, dtype=torch.int64)
-    width = sn.shape[1]
-    if 2 * len(rows) > len(sn):  # most rows: one pass over the whole tile
-        m = mask[: sn.size].reshape(sn.shape)
-        np.greater(sn, tn[:, None], out=m)
-        return torch.from_numpy(np.flatnonzero(m))
-    sub = sn[rows]
-    flat = np.flatnonzero(sub > tn[rows, None])
-    return torch.from_numpy(rows[flat // width] * width + flat % width)
-
-
-def _merge_topk(topk: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor) -> None:
-    """Merge candidate values (``rows`` ascending) into each row's descending top-K, in place.
-
-    A segmented sort: the affected rows' current top-K plus their candidates, ordered by row
-    and then by value, keeping the first K of each row. On CPU it runs in numpy (a few thousand
-    values per tile; torch's thread pool costs more than the work there).
-    """
-    if rows.numel() == 0:
-        return
-    if topk.device.type == "cpu":
-        _merge_topk_numpy(topk.numpy(), rows.numpy(), vals.numpy())
-    else:
-        _merge_topk_torch(topk, rows, vals)
-
-
-def _merge_topk_numpy(topk: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> None:
-    k = topk.shape[1]
-    urows = np.unique(rows)
-    all_rows = np.concatenate([np.repeat(urows, k), rows])
-    all_vals = np.concatenate([topk[urows].reshape(-1), vals])
-    order = np.lexsort((-all_vals, all_rows))
-    starts = np.searchsorted(all_rows[order], urows)  # each row holds >= k values
-    topk[urows] = all_vals[order[starts[:, None] + np.arange(k)]]
-
-
-def _merge_topk_torch(topk: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor) -> None:
-    k = topk.shape[1]
-    urows = torch.unique_consecutive(rows)
-    all_rows = torch.cat([urows.unsqueeze(1).expand(-1, k).reshape(-1), rows])
-    all_vals = torch.cat([topk[urows].reshape(-1), vals])
-    by_val = torch.argsort(all_vals, descending=True, stable=True)
-    order = by_val[torch.argsort(all_rows[by_val], stable=True)]
-    starts = torch.searchsorted(all_rows[order], urows)
-    topk[urows] = all_vals[order[starts.unsqueeze(1) + torch.arange(k, device=rows.device)]]
-
-
-def stream_distractors(
-    probes: torch.Tensor,
-    distractors: np.ndarray | torch.Tensor,
-    *,
-    k: int,
-    impostor_keep: int = 0,
-    tile: int = DEFAULT_TILE,
-    min_buffer: int = 1 << 20,
-) -> StreamState:
-    """One pass over ``distractors`` (``[M, D]``, numpy — a memmap works — or torch) in tiles.
-
-    Per tile: ``S = probes @ tileᵀ`` into a reused buffer. The first tile fills the per-probe
-    top-K (and the impostor top-``impostor_keep``) densely; after that each row has a threshold,
-    min(its K-th best, the impostor floor), and only the few entries of ``S`` above it are
-    gathered and merged — one vectorised compare per tile, so the cost stays close to the
-    GEMM's. Impostor candidates are cut back to the top ``impostor_keep`` once more than
-    ``max(4·impostor_keep, min_buffer)`` are held.
-    """
-    p, d = probes.shape
-    m = len(distractors)
-    if m == 0:
-        raise ValueError("no distractors")
-    if distractors.shape[1] != d:
-        raise ValueError(f"probes are {d}-d but distractors are {distractors.shape[1]}-d")
-    k = min(k, m)
-    dev = probes.device
-    width = min(tile, m)
-    buf = torch.empty(p * width, device=dev)
-    mask = np.empty(p * width, dtype=bool) if dev.type == "cpu" else None
-    topk = torch.full((p, k), -math.inf, device=dev)
-    keep = min(impostor_keep, p * m)
-    floor = -math.inf  # the keep-th largest impostor score so far, once keep are held
-    kept: list[torch.Tensor] = []
-    buffered = 0
-    seen = 0
-
-    def hold(vals: torch.Tensor) -> None:
-        nonlocal kept, buffered, floor
-        kept.append(vals)
-        buffered += vals.numel()
-        if buffered >= max(4 * keep, min_buffer) or (floor == -math.inf and buffered >= keep):
-            merged = torch.topk(torch.cat(kept), min(keep, buffered)).values
-            kept, buffered = [merged], merged.numel()
-            if buffered == keep:
-                floor = float(merged[-1])
-
-    for start in range(0, m, tile):
-        g = _as_tile(distractors, start, min(start + tile, m), dev)
-        s = torch.mm(probes, g.T, out=buf[: p * g.shape[0]].view(p, g.shape[0]))
-        dense_topk = seen < k  # some rows still have empty top-K slots
-        if dense_topk:
-            topk = torch.topk(torch.cat([topk, s], dim=1), k, dim=1).values
-        imp_thr: float | None = None
-        if keep and floor > -math.inf:
-            imp_thr = floor
-        elif keep and seen + g.shape[0] >= k and topk.numel() >= keep:
-            # Everything seen so far is held, and the keep-th largest of the per-row top-K
-            # values (real impostor scores) bounds the final floor from below: gather only what
-            # reaches it instead of a top-keep over the whole tile.
-            bound = torch.topk(topk.reshape(-1), keep).values[-1]
-            imp_thr = float(torch.nextafter(bound, bound.new_tensor(-math.inf)))
-        elif keep:
-            hold(s.reshape(-1).clone())
-        if not dense_topk or imp_thr is not None:
-            if dense_topk:
-                thr = torch.full((p,), imp_thr, device=dev)  # type: ignore[arg-type]
-            elif imp_thr is not None:
-                thr = torch.clamp(topk[:, -1], max=imp_thr)
-            else:
-                thr = topk[:, -1].clone()
-            flat = _candidates(s, thr, mask).to(dev)
-            if flat.numel():
-                rows = torch.div(flat, s.shape[1], rounding_mode="floor")
-                vals = s.reshape(-1)[flat]
-                if not dense_topk:
-                    better = vals > topk[rows, -1]
-                    _merge_topk(topk, rows[better], vals[better])
-                if imp_thr is not None:
-                    hold(vals[vals > imp_thr])
-        seen += g.shape[0]
-    if keep:
-        allv = torch.cat(kept) if kept else torch.empty(0, device=dev)
-        impostor_top = torch.topk(allv, min(keep, allv.numel())).values
-    else:
-        impostor_top = torch.empty(0, device=dev)
-    return StreamState(topk=topk, impostor_top=impostor_top, num_distractors=m)
 
 
 # ---------------------------------------------------------------- probe pairs
@@ -280,7 +115,7 @@ def megaface_evaluate(
     """Rank-1, CMC up to ``ranks`` and exact TAR@FAR in one streamed pass (see module doc).
 
     ``distractor_list`` is carried into the result so reports say which list was used;
-    ``min_buffer`` is passed to :func:`stream_distractors`.
+    ``min_buffer`` is passed to :func:`f2c.evaluation.streaming.stream_topk`.
     """
     dev = torch.device(device)
     pt = _probe_tensor(probes, dev)
@@ -303,9 +138,7 @@ def megaface_evaluate(
             f"an exact TAR at FAR {max(fars)} needs the top {keep} of {n_imp} impostor scores "
             f"held in memory (limit {MAX_IMPOSTORS_KEPT}); use a smaller FAR"
         )
-    state = stream_distractors(
-        pt, distractors, k=ranks, impostor_keep=keep, tile=tile, min_buffer=min_buffer
-    )
+    state = stream_topk(pt, distractors, k=ranks, keep=keep, tile=tile, min_buffer=min_buffer)
     ta, tb = torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev)
     genuine = _pair_similarities(pt, ta, tb)
     # correct at rank r iff genuine > r-th best distractor of the probe
@@ -314,7 +147,7 @@ def megaface_evaluate(
     gen_u = genuine[torch.from_numpy(unordered).to(dev)]
     tars: dict[float, float] = {}
     for far, kk in zip(fars, ks, strict=True):
-        thr = float(state.impostor_top[kk]) if kk < n_imp else -math.inf
+        thr = float(state.global_top[kk]) if kk < n_imp else -math.inf
         tars[far] = float((gen_u > thr).double().mean())
     return MegaFaceResult(
         rank1=float(cmc[0]),
