@@ -17,6 +17,8 @@ One step, with every rank's gallery features and labels gathered in rank order:
   replaced by the right features. No write-then-restore, so plain fp32 autograd works.
 * pass B (probe y, gallery x): the x writes are applied to the pool (in place, without grad)
   before any logits are computed, so nothing autograd saved is modified later in the step.
+  The next step's writes do modify it: run a step's backward before the next forward (a graph
+  still pending then fails loudly with autograd's in-place error, never with wrong gradients).
 
 Logits (per pass): ``cos1`` against row 0 of every occupied slot; ``cos2`` equals ``cos1``
 except for slots hit in this batch whose class was already in the pool, which use row 1.
