@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from f2c.config import (
@@ -48,6 +49,7 @@ SHORTCUTS = {
     "device": "train.device",
     "workers": "data.workers",
     "seed": "train.seed",
+    "threads": "train.threads",
     "eval-pairs": "train.eval_pairs",
 }
 
@@ -213,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, auto_named = build_config(args)
     except (ConfigError, CheckpointError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     runtime = init_runtime(config.train.device)
     try:
         random.seed(config.train.seed)

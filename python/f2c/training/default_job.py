@@ -20,14 +20,17 @@ __all__ = ["DEFAULT_JOB", "SyntheticData", "cache_root", "prepare_synthetic"]
 
 # Overrides (section.key -> value) applied when no data source is configured.
 DEFAULT_JOB: dict[str, Any] = {
-    "data.workers": 2,
-    "model.backbone": "mobilefacenet",
+    # Reading in the training process: ~2% of a CPU step, and no worker competes for the cores.
+    "data.workers": 0,
+    # A plain 1M-parameter CNN at 48x48: ~450 img/s on 2 cores (MobileFaceNet at 112x112 runs
+    # over 10x slower there, dominated by depthwise-conv and PReLU backward kernels).
+    "model.backbone": "tinyfacenet",
     "model.embedding_size": 128,
     "train.batch_size": 64,
-    "train.epochs": 6,
+    "train.epochs": 8,
     "train.checkpoint_every": 200,
     "train.log_every": 5,
-    "train.eval_batch_size": 200,
+    "train.eval_batch_size": 250,
     "optim.lr": 0.1,
     "optim.weight_decay": 5e-4,
     "optim.schedule": "cosine",
@@ -71,7 +74,7 @@ def prepare_synthetic(config: Config, runtime: Runtime) -> SyntheticData:
         "seed": s.seed,
     }
     if runtime.is_main:
-        make_synthetic_dataset(folder, **kwargs)
+        make_synthetic_dataset(folder, progress=config.train.progress, **kwargs)
     runtime.barrier()
     dataset = make_synthetic_dataset(folder, **kwargs)  # complete now: opens the cache
     return SyntheticData(

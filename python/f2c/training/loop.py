@@ -18,7 +18,7 @@ import inspect
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,6 @@ class RunStats:
     images: int = 0
     step_seconds: float = 0.0
     data_seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
 
 
 def _buffer_sync_kwargs(sync: bool) -> dict[str, bool]:
