@@ -31,6 +31,7 @@ from f2c.config import Config
 from f2c.data.loaders import IdentityDataset, InstanceDataset, TrainingDb, make_loader
 from f2c.data.samplers import DistributedIdentitySampler, DistributedInstanceSampler
 from f2c.data.transforms import normalize
+from f2c.heads import minimum_pool_size  # the head's own rule: y holds B + ⌈B/2⌉ rows
 from f2c.training.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
@@ -56,11 +57,6 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the run stops before the optimiser step."""
-
-
-def minimum_pool_size(batch_size: int, world_size: int) -> int:
-    """Most distinct labels one F²C pass can insert: every rank's x (or y), 1.5·B images each."""
-    return world_size * (batch_size + batch_size // 2)
 
 
 def resolve_pool_size(config: Config, num_classes: int, world_size: int) -> int:
