@@ -1,10 +1,16 @@
 //! The LRU index of F²C's dynamic class pool: class id → pool slot.
 //!
-//! Array-backed: slot `s` is node `s` of a doubly linked recency list (`prev`/`next` as u32
-//! links, head = most recent). Class ids below `DENSE_LIMIT` map through a flat table (the fast
-//! path for dense labels 0..C); larger ids go through a hash map. Every assign keeps a journal of
-//! the list operations it did, so a call can be reverted exactly (pass A of an F²C step) and a
-//! call that would overflow the pool is rolled back before it returns an error.
+//! Recency is a touch log, not a linked list. Each touch of a slot appends the slot to `queue`
+//! and records that queue position as the slot's `pos`; an older queue entry of the same slot is
+//! then stale. The least-recently-used slot is the first live entry from `front` on, so an
+//! eviction reads the queue in order instead of chasing list links through memory, and the
+//! random accesses of an eviction (slot records, id-table entries) have addresses known several
+//! queue entries ahead, which lets them be prefetched. At the start of a call the queue drops
+//! its spent entries, or compacts to its live ones, once it outgrows a few entries per slot.
+//!
+//! Class ids below `DENSE_LIMIT` map through a flat table (the fast path for dense labels
+//! 0..C); larger ids go through a hash map. A call that may have to be reverted (an undoable
+//! one, or one with more labels than slots, which may overflow) journals what it changes.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -15,10 +21,19 @@ const NIL: u32 = u32::MAX;
 /// Ids below this go through the dense table (at most 256 MiB of u32 entries).
 const DENSE_LIMIT: u64 = 1 << 26;
 const EMPTY_LABEL: u64 = u64::MAX;
-/// How many labels ahead `assign` prefetches the id table.
-const PREFETCH_DISTANCE: usize = 48;
-/// How many labels ahead it prefetches the node of an already-resident class.
-const NODE_PREFETCH_DISTANCE: usize = 16;
+/// `pos` of a slot that holds no class.
+const NO_POS: u64 = u64::MAX;
+/// Labels ahead whose id-table entry `assign` prefetches.
+const TABLE_PREFETCH_DISTANCE: usize = 32;
+/// Queue entries past the eviction front whose slot record it prefetches.
+const QUEUE_PREFETCH_DISTANCE: usize = 16;
+/// Queue entries past the eviction front whose class's id-table entry it prefetches.
+const VICTIM_PREFETCH_DISTANCE: usize = 6;
+/// Queue entries per slot before spent entries are dropped or stale ones compacted away: a
+/// cleanup pass costs about one entry read per touch divided by (this - 1).
+const QUEUE_SLOTS_FACTOR: usize = 4;
+/// Slack over that before cleanup (keeps tiny pools from cleaning up every call).
+const QUEUE_SLACK: usize = 256;
 
 /// A multiplicative hasher for u64 keys (class ids are not attacker-chosen).
 #[derive(Default)]
@@ -109,9 +124,21 @@ impl LabelMap {
     }
 }
 
+/// A slot's class and the queue position of its latest touch.
+#[derive(Clone, Copy, Debug)]
+struct SlotRecord {
+    label: u64,
+    pos: u64,
+}
+
+const EMPTY_SLOT: SlotRecord = SlotRecord {
+    label: EMPTY_LABEL,
+    pos: NO_POS,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
-    /// The class was present; its slot moved to the front.
+    /// The class was present and was touched again.
     Hit,
     /// The class took a never-used slot.
     Fill,
@@ -119,34 +146,23 @@ enum Op {
     Evict,
 }
 
-/// One list operation, with what is needed to reverse it.
+/// One change to a slot, with what is needed to reverse it.
 #[derive(Clone, Copy, Debug)]
 struct JournalEntry {
     op: Op,
     slot: u32,
-    old_prev: u32,
-    old_next: u32,
+    old_pos: u64,
     old_label: u64,
     new_label: u64,
 }
 
-/// A slot's recency-list links, its class and the call that last touched it.
-#[derive(Clone, Copy, Debug)]
-struct Node {
-    label: u64,
-    /// The call number that last touched this slot: an eviction of a slot touched by the same
-    /// call means that call holds more distinct classes than the capacity.
-    touched: u64,
-    prev: u32,
-    next: u32,
+/// What reverting a run of calls needs: the queue as it was before them, and their changes.
+#[derive(Clone, Debug, Default)]
+struct Journal {
+    queue_len: usize,
+    front: usize,
+    entries: Vec<JournalEntry>,
 }
-
-const EMPTY_NODE: Node = Node {
-    label: EMPTY_LABEL,
-    touched: 0,
-    prev: NIL,
-    next: NIL,
-};
 
 /// What one `assign` call reports, besides the per-label outputs written in place.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -154,17 +170,134 @@ pub struct AssignSummary {
     pub evicted: Vec<i64>,
 }
 
+/// Where `assign_loop` writes its per-label results.
+struct Outputs<'a> {
+    slots: &'a mut [i64],
+    hit: &'a mut [bool],
+    evicted: &'a mut Vec<i64>,
+}
+
+/// Take the least-recently-used slot: the first live queue entry from `front` on.
+#[inline(always)]
+fn pop_lru(records: &[SlotRecord], queue: &[u32], front: &mut usize, base: u64, map: &LabelMap) -> u32 {
+    loop {
+        let p = *front;
+        let s = queue[p];
+        *front = p + 1;
+        // Warm what the next evictions read: slot records further on, and (their records
+        // being cached by then) the id-table entries of the classes they hold.
+        if let Some(&ahead) = queue.get(p + QUEUE_PREFETCH_DISTANCE) {
+            prefetch(&records[ahead as usize]);
+        }
+        if let Some(&near) = queue.get(p + VICTIM_PREFETCH_DISTANCE) {
+            map.prefetch(records[near as usize].label);
+        }
+        if records[s as usize].pos == base + p as u64 {
+            return s;
+        }
+    }
+}
+
+/// The per-label loop of `ClassPoolIndex::assign_into`. It takes the index's parts as separate
+/// arguments so that the compiler knows they do not overlap and keeps lengths and pointers in
+/// registers across the stores (through `&mut self` it reloads them after each one). Returns
+/// `Err(())` when a label would evict a slot touched by this call (the caller rolls back).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn assign_loop<const JOURNALED: bool>(
+    out: Outputs<'_>,
+    labels: &[i64],
+    records: &mut [SlotRecord],
+    queue: &mut Vec<u32>,
+    front: &mut usize,
+    base: u64,
+    map: &mut LabelMap,
+    used: &mut u32,
+    capacity: u32,
+    call_start: u64,
+    journal: &mut Vec<JournalEntry>,
+) -> std::result::Result<(), ()> {
+    let Outputs { slots, hit, evicted } = out;
+    // Same lengths as `labels`, stated so that the per-label writes need no bounds checks.
+    let slots = &mut slots[..labels.len()];
+    let hit = &mut hit[..labels.len()];
+    queue.reserve(labels.len());
+    evicted.reserve(labels.len());
+    for (i, &raw) in labels.iter().enumerate() {
+        if let Some(&ahead) = labels.get(i + TABLE_PREFETCH_DISTANCE) {
+            map.prefetch(ahead as u64);
+        }
+        let label = raw as u64;
+        let (s, was_hit) = if let Some(s) = map.get(label) {
+            if JOURNALED {
+                journal.push(JournalEntry {
+                    op: Op::Hit,
+                    slot: s,
+                    old_pos: records[s as usize].pos,
+                    old_label: label,
+                    new_label: label,
+                });
+            }
+            (s, true)
+        } else if *used < capacity {
+            let s = *used;
+            *used += 1;
+            if JOURNALED {
+                journal.push(JournalEntry {
+                    op: Op::Fill,
+                    slot: s,
+                    old_pos: NO_POS,
+                    old_label: EMPTY_LABEL,
+                    new_label: label,
+                });
+            }
+            records[s as usize].label = label;
+            map.insert(label, s);
+            (s, false)
+        } else {
+            let s = pop_lru(records, queue, front, base, map);
+            let old = records[s as usize];
+            if old.pos >= call_start {
+                return Err(());
+            }
+            if JOURNALED {
+                journal.push(JournalEntry {
+                    op: Op::Evict,
+                    slot: s,
+                    old_pos: old.pos,
+                    old_label: old.label,
+                    new_label: label,
+                });
+            }
+            map.remove(old.label);
+            map.insert(label, s);
+            records[s as usize].label = label;
+            evicted.push(old.label as i64);
+            (s, false)
+        };
+        // The touch: the slot becomes the most recent.
+        records[s as usize].pos = base + queue.len() as u64;
+        queue.push(s);
+        slots[i] = i64::from(s);
+        hit[i] = was_hit;
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct ClassPoolIndex {
     capacity: u32,
     used: u32,
-    head: u32,
-    tail: u32,
-    /// One node per slot, packed so that an LRU step touches one cache line per slot.
-    nodes: Vec<Node>,
-    call: u64,
+    slots: Vec<SlotRecord>,
+    /// Touch log: slot numbers in touch order; entries before `front` are spent.
+    queue: Vec<u32>,
+    front: usize,
+    /// Absolute touch position of `queue[0]` (slot `pos` values are absolute, so dropping
+    /// spent entries from the start of the queue leaves them valid).
+    base: u64,
     map: LabelMap,
-    undo_stack: Vec<Vec<JournalEntry>>,
+    undo_stack: Vec<Journal>,
+    /// Reused allocation for the journal of the current call.
     journal: Vec<JournalEntry>,
 }
 
@@ -179,10 +312,10 @@ impl ClassPoolIndex {
         Ok(ClassPoolIndex {
             capacity: capacity as u32,
             used: 0,
-            head: NIL,
-            tail: NIL,
-            nodes: vec![EMPTY_NODE; capacity],
-            call: 0,
+            slots: vec![EMPTY_SLOT; capacity],
+            queue: Vec::new(),
+            front: 0,
+            base: 0,
             map: LabelMap::default(),
             undo_stack: Vec::new(),
             journal: Vec::new(),
@@ -220,81 +353,65 @@ impl ClassPoolIndex {
         Ok(())
     }
 
+    /// Record a touch of slot `s`: it becomes the most recent.
     #[inline]
-    fn unlink_head(&mut self, s: u32) {
-        debug_assert_eq!(self.head, s);
-        let n = self.nodes[s as usize].next;
-        self.head = n;
-        if n != NIL {
-            self.nodes[n as usize].prev = NIL;
-        } else {
-            self.tail = NIL;
+    fn touch(&mut self, s: u32) {
+        self.slots[s as usize].pos = self.base + self.queue.len() as u64;
+        self.queue.push(s);
+    }
+
+    /// Keep the queue within a few entries per slot. Only between calls with no undo
+    /// pending: journals refer to queue indices.
+    fn clean_queue(&mut self) {
+        let limit = QUEUE_SLOTS_FACTOR * self.capacity as usize + QUEUE_SLACK;
+        if self.queue.len() - self.front > limit {
+            self.compact();
+        } else if self.front > limit {
+            // Spent entries only: a sequential move, no slot record changes.
+            self.queue.drain(..self.front);
+            self.base += self.front as u64;
+            self.front = 0;
         }
     }
 
-    #[inline]
-    fn push_front(&mut self, s: u32) {
-        self.nodes[s as usize].prev = NIL;
-        self.nodes[s as usize].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head as usize].prev = s;
-        } else {
-            self.tail = s;
+    /// Drop spent and stale queue entries, keeping the live ones in order.
+    fn compact(&mut self) {
+        let mut write = 0usize;
+        for read in self.front..self.queue.len() {
+            if let Some(&ahead) = self.queue.get(read + QUEUE_PREFETCH_DISTANCE) {
+                prefetch(&self.slots[ahead as usize]);
+            }
+            let s = self.queue[read];
+            if self.slots[s as usize].pos == self.base + read as u64 {
+                self.queue[write] = s;
+                self.slots[s as usize].pos = self.base + write as u64;
+                write += 1;
+            }
         }
-        self.head = s;
+        self.queue.truncate(write);
+        self.front = 0;
     }
 
-    #[inline]
-    fn move_to_front(&mut self, s: u32) {
-        if self.head == s {
-            return;
-        }
-        let p = self.nodes[s as usize].prev;
-        let n = self.nodes[s as usize].next;
-        // s is not the head, so it has a predecessor.
-        self.nodes[p as usize].next = n;
-        if n != NIL {
-            self.nodes[n as usize].prev = p;
-        } else {
-            self.tail = p;
-        }
-        self.push_front(s);
-    }
-
-    #[inline]
-    fn relink(&mut self, s: u32, p: u32, n: u32) {
-        self.nodes[s as usize].prev = p;
-        self.nodes[s as usize].next = n;
-        if p != NIL {
-            self.nodes[p as usize].next = s;
-        } else {
-            self.head = s;
-        }
-        if n != NIL {
-            self.nodes[n as usize].prev = s;
-        } else {
-            self.tail = s;
-        }
-    }
-
-    fn revert(&mut self, journal: &[JournalEntry]) {
-        for e in journal.iter().rev() {
-            self.unlink_head(e.slot);
+    fn revert(&mut self, journal: &Journal) {
+        for e in journal.entries.iter().rev() {
+            let record = &mut self.slots[e.slot as usize];
             match e.op {
+                Op::Hit => record.pos = e.old_pos,
                 Op::Fill => {
                     self.used -= 1;
-                    self.nodes[e.slot as usize].label = EMPTY_LABEL;
+                    *record = EMPTY_SLOT;
                     self.map.remove(e.new_label);
                 }
                 Op::Evict => {
+                    record.label = e.old_label;
+                    record.pos = e.old_pos;
                     self.map.remove(e.new_label);
                     self.map.insert(e.old_label, e.slot);
-                    self.nodes[e.slot as usize].label = e.old_label;
-                    self.relink(e.slot, e.old_prev, e.old_next);
                 }
-                Op::Hit => self.relink(e.slot, e.old_prev, e.old_next),
             }
         }
+        self.queue.truncate(journal.queue_len);
+        self.front = journal.front;
     }
 
     /// Map `labels` to slots exactly as an LRU consulted one label at a time would, writing
@@ -313,8 +430,14 @@ impl ClassPoolIndex {
             ));
         }
         Self::check_labels(labels)?;
-        self.call += 1;
-        let call = self.call;
+        if self.undo_stack.is_empty() {
+            self.clean_queue();
+        }
+        // Touches of this call sit at queue positions from here on: evicting one of them means
+        // the call holds more distinct classes than the capacity.
+        let call_start_index = self.queue.len();
+        let call_start = self.base + call_start_index as u64;
+        let start_front = self.front;
         let mut journal = std::mem::take(&mut self.journal);
         journal.clear();
         // The journal serves undo and the rollback of an overflowing call; a plain call with
@@ -323,101 +446,54 @@ impl ClassPoolIndex {
             undoable || !self.undo_stack.is_empty() || labels.len() > self.capacity as usize;
         let mut summary = AssignSummary::default();
 
-        for (i, &raw) in labels.iter().enumerate() {
-            // Two-stage prefetch: the id-table entry far ahead, then (once that entry is
-            // cached) the node of its slot a few labels ahead.
-            if let Some(&ahead) = labels.get(i + PREFETCH_DISTANCE) {
-                self.map.prefetch(ahead as u64);
-            }
-            if let Some(&near) = labels.get(i + NODE_PREFETCH_DISTANCE) {
-                if let Some(s) = self.map.get(near as u64) {
-                    prefetch(&self.nodes[s as usize]);
-                }
-            }
-            let label = raw as u64;
-            if let Some(s) = self.map.get(label) {
-                if journaled {
-                    journal.push(JournalEntry {
-                        op: Op::Hit,
-                        slot: s,
-                        old_prev: self.nodes[s as usize].prev,
-                        old_next: self.nodes[s as usize].next,
-                        old_label: label,
-                        new_label: label,
-                    });
-                }
-                self.move_to_front(s);
-                self.nodes[s as usize].touched = call;
-                slots[i] = i64::from(s);
-                hit[i] = true;
-            } else if self.used < self.capacity {
-                let s = self.used;
-                self.used += 1;
-                if journaled {
-                    journal.push(JournalEntry {
-                        op: Op::Fill,
-                        slot: s,
-                        old_prev: NIL,
-                        old_next: NIL,
-                        old_label: EMPTY_LABEL,
-                        new_label: label,
-                    });
-                }
-                self.nodes[s as usize].label = label;
-                self.map.insert(label, s);
-                self.push_front(s);
-                self.nodes[s as usize].touched = call;
-                slots[i] = i64::from(s);
-                hit[i] = false;
-            } else {
-                let s = self.tail;
-                if self.nodes[s as usize].touched == call {
-                    // Every slot already holds a class of this call: roll back and report.
-                    self.revert(&journal);
-                    self.journal = journal;
-                    let mut distinct: Vec<i64> = labels.to_vec();
-                    distinct.sort_unstable();
-                    distinct.dedup();
-                    return Err(F2cError::CapacityExceeded {
-                        distinct: distinct.len(),
-                        capacity: self.capacity as usize,
-                    });
-                }
-                let old = self.nodes[s as usize].label;
-                if journaled {
-                    journal.push(JournalEntry {
-                        op: Op::Evict,
-                        slot: s,
-                        old_prev: self.nodes[s as usize].prev,
-                        old_next: NIL,
-                        old_label: old,
-                        new_label: label,
-                    });
-                }
-                self.map.remove(old);
-                self.map.insert(label, s);
-                self.nodes[s as usize].label = label;
-                self.move_to_front(s);
-                // The new tail's node was just written (cached): warm what its own eviction
-                // will touch, its predecessor's node and its class's table entry.
-                let t = self.nodes[self.tail as usize];
-                if t.prev != NIL {
-                    prefetch(&self.nodes[t.prev as usize]);
-                }
-                self.map.prefetch(t.label);
-                self.nodes[s as usize].touched = call;
-                summary.evicted.push(old as i64);
-                slots[i] = i64::from(s);
-                hit[i] = false;
-            }
+        let run = if journaled {
+            assign_loop::<true>
+        } else {
+            assign_loop::<false>
+        };
+        let outcome = run(
+            Outputs {
+                slots,
+                hit,
+                evicted: &mut summary.evicted,
+            },
+            labels,
+            &mut self.slots,
+            &mut self.queue,
+            &mut self.front,
+            self.base,
+            &mut self.map,
+            &mut self.used,
+            self.capacity,
+            call_start,
+            &mut journal,
+        );
+        if outcome.is_err() {
+            // Every slot already holds a class of this call: roll back and report.
+            self.revert(&Journal {
+                queue_len: call_start_index,
+                front: start_front,
+                entries: journal,
+            });
+            let mut distinct: Vec<i64> = labels.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            return Err(F2cError::CapacityExceeded {
+                distinct: distinct.len(),
+                capacity: self.capacity as usize,
+            });
         }
 
         if undoable {
-            self.undo_stack.push(journal);
+            self.undo_stack.push(Journal {
+                queue_len: call_start_index,
+                front: start_front,
+                entries: journal,
+            });
         } else if let Some(top) = self.undo_stack.last_mut() {
             // A plain assign made on top of an undoable one is reverted with it: `undo` always
             // returns to the exact state from before the most recent undoable assign.
-            top.extend_from_slice(&journal);
+            top.entries.extend_from_slice(&journal);
             self.journal = journal;
         } else {
             self.journal = journal;
@@ -443,8 +519,8 @@ impl ClassPoolIndex {
         let journal = self.undo_stack.pop().ok_or(F2cError::NothingToUndo)?;
         self.revert(&journal);
         // Keep the allocation for the next call.
-        if journal.capacity() > self.journal.capacity() {
-            self.journal = journal;
+        if journal.entries.capacity() > self.journal.capacity() {
+            self.journal = journal.entries;
         }
         Ok(())
     }
@@ -471,13 +547,19 @@ impl ClassPoolIndex {
 
     /// (class ids, slots), most recent first.
     pub fn entries(&self) -> (Vec<i64>, Vec<i64>) {
-        let mut keys = Vec::with_capacity(self.used as usize);
-        let mut slots = Vec::with_capacity(self.used as usize);
-        let mut s = self.head;
-        while s != NIL {
-            keys.push(self.nodes[s as usize].label as i64);
-            slots.push(i64::from(s));
-            s = self.nodes[s as usize].next;
+        let n = self.used as usize;
+        let mut keys = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        for p in (self.front..self.queue.len()).rev() {
+            if keys.len() == n {
+                break;
+            }
+            let s = self.queue[p];
+            let record = self.slots[s as usize];
+            if record.pos == self.base + p as u64 {
+                keys.push(record.label as i64);
+                slots.push(i64::from(s));
+            }
         }
         (keys, slots)
     }
@@ -519,14 +601,11 @@ impl ClassPoolIndex {
                 )));
             }
             index.map.insert(k as u64, s as u32);
-            index.nodes[s as usize].label = k as u64;
+            index.slots[s as usize].label = k as u64;
         }
-        // keys are most recent first: append each at the back.
-        let mut last = NIL;
-        for &s in slots {
-            let s = s as u32;
-            index.relink(s, last, NIL);
-            last = s;
+        // keys are most recent first: touch them least recent first.
+        for &s in slots.iter().rev() {
+            index.touch(s as u32);
         }
         index.used = n as u32;
         Ok(index)
@@ -668,6 +747,36 @@ mod tests {
         assert!(ClassPoolIndex::from_entries(3, &[1, -2], &[0, 1]).is_err());
         assert!(ClassPoolIndex::from_entries(1, &[1, 2], &[0, 1]).is_err());
         assert!(ClassPoolIndex::from_entries(0, &[], &[]).is_err());
+    }
+
+    /// The F²C step pattern (undoable assign, undo, plain assign) over many steps, so the
+    /// queue is compacted between steps: undo must restore the exact recency order each time.
+    #[test]
+    fn undo_and_compaction_interleave() {
+        let mut idx = ClassPoolIndex::new(16).unwrap();
+        let mut rng = 99u64;
+        let mut batch = || -> Vec<i64> {
+            (0..10)
+                .map(|_| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((rng >> 33) % 40) as i64
+                })
+                .collect()
+        };
+        for _ in 0..500 {
+            let (a, b) = (batch(), batch());
+            let before = idx.entries();
+            let mut twin = ClassPoolIndex::from_entries(16, &before.0, &before.1).unwrap();
+            idx.assign(&a, true).unwrap();
+            idx.assign(&b, false).unwrap();
+            idx.undo().unwrap();
+            assert_eq!(idx.entries(), before);
+            assert_eq!(idx.assign(&b, false).unwrap(), twin.assign(&b, false).unwrap());
+            assert_eq!(idx.entries(), twin.entries());
+        }
+        assert!(idx.queue.len() <= 2 * (QUEUE_SLOTS_FACTOR * 16 + QUEUE_SLACK) + 20);
     }
 
     /// Compare against a naive Vec-based LRU on a pseudo-random stream.
