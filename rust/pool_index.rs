@@ -179,7 +179,13 @@ struct Outputs<'a> {
 
 /// Take the least-recently-used slot: the first live queue entry from `front` on.
 #[inline(always)]
-fn pop_lru(records: &[SlotRecord], queue: &[u32], front: &mut usize, base: u64, map: &LabelMap) -> u32 {
+fn pop_lru(
+    records: &[SlotRecord],
+    queue: &[u32],
+    front: &mut usize,
+    base: u64,
+    map: &LabelMap,
+) -> u32 {
     loop {
         let p = *front;
         let s = queue[p];
@@ -217,7 +223,11 @@ fn assign_loop<const JOURNALED: bool>(
     call_start: u64,
     journal: &mut Vec<JournalEntry>,
 ) -> std::result::Result<(), ()> {
-    let Outputs { slots, hit, evicted } = out;
+    let Outputs {
+        slots,
+        hit,
+        evicted,
+    } = out;
     // Same lengths as `labels`, stated so that the per-label writes need no bounds checks.
     let slots = &mut slots[..labels.len()];
     let hit = &mut hit[..labels.len()];
@@ -773,7 +783,10 @@ mod tests {
             idx.assign(&b, false).unwrap();
             idx.undo().unwrap();
             assert_eq!(idx.entries(), before);
-            assert_eq!(idx.assign(&b, false).unwrap(), twin.assign(&b, false).unwrap());
+            assert_eq!(
+                idx.assign(&b, false).unwrap(),
+                twin.assign(&b, false).unwrap()
+            );
             assert_eq!(idx.entries(), twin.entries());
         }
         assert!(idx.queue.len() <= 2 * (QUEUE_SLOTS_FACTOR * 16 + QUEUE_SLACK) + 20);
