@@ -106,7 +106,9 @@ def bench_kv_17m(benchmark: Any, kv_17m: Path, parser: str) -> None:
     result = benchmark.pedantic(PARSERS[parser], args=(kv_17m,), rounds=rounds, warmup_rounds=1)
     if parser == "f2c.KvIndex":
         assert len(result) == 17_000_000
-        benchmark.extra_info.update(_peak_memory(kv_17m))
+        memory = _peak_memory(kv_17m)
+        benchmark.extra_info.update(memory)
+        assert memory["keys_mb"] > 0 and memory["peak_rss_growth_mb"] <= memory["bound_mb"]
 
 
 _MEMORY_PROBE = """
@@ -121,9 +123,16 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak-RSS mark to the current RSS
 before = status("VmRSS")
 index = f2c.KvIndex(sys.argv[1])
+peak = status("VmHWM") - before
 outputs = index.labels.nbytes + index.identity_rows.nbytes + index.identity_offsets.nbytes
-print(json.dumps({"peak_rss_growth_mb": status("VmHWM") - before,
-                  "label_csr_mb": outputs / 2**20}))
+# The index keeps its own copy of the keys: their bytes plus one u32 end offset per row.
+import numpy as np
+text = np.fromfile(sys.argv[1], dtype=np.uint8)
+line_starts = np.concatenate([[0], np.flatnonzero(text == 10)[:-1] + 1])
+spaces = np.flatnonzero(text == 32)
+key_bytes = int((spaces - line_starts).sum()) if len(spaces) == len(line_starts) else -1
+print(json.dumps({"peak_rss_growth_mb": peak, "label_csr_mb": outputs / 2**20,
+                  "keys_mb": (key_bytes + 4 * len(index)) / 2**20}))
 """
 
 
@@ -135,4 +144,5 @@ def _peak_memory(path: Path) -> dict[str, float]:
     )
     info = json.loads(out.stdout)
     info["file_mb"] = path.stat().st_size / 2**20
+    info["bound_mb"] = info["file_mb"] + info["keys_mb"] + info["label_csr_mb"]
     return info
