@@ -39,11 +39,20 @@ def _batch(index: Any, size: int, hit_share: float, rng: np.random.Generator) ->
     return labels
 
 
+def _assign_cases(bench: Any) -> Any:
+    """Every (implementation, pool size, batch size, share of resident labels) combination."""
+    for name, values, ids in [
+        ("hit_share", [0.0, 0.5], ["uniform", "half-hits"]),
+        ("batch", BATCHES, None),
+        ("capacity", POOL_SIZES, None),
+        ("kind", list(IMPLEMENTATIONS), None),
+    ]:
+        bench = pytest.mark.parametrize(name, values, ids=ids)(bench)
+    return bench
+
+
 @pytest.mark.benchmark(group="assign")
-@pytest.mark.parametrize("kind", list(IMPLEMENTATIONS))
-@pytest.mark.parametrize("capacity", POOL_SIZES)
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("hit_share", [0.0, 0.5], ids=["uniform", "half-hits"])
+@_assign_cases
 def bench_assign(
     benchmark: Any, kind: str, capacity: int, batch: int, hit_share: float, rng: Any
 ) -> None:
@@ -76,10 +85,7 @@ def _stream(size: int, count: int, hit_share: float, rng: np.random.Generator) -
 
 
 @pytest.mark.benchmark(group="assign-stream")
-@pytest.mark.parametrize("kind", list(IMPLEMENTATIONS))
-@pytest.mark.parametrize("capacity", POOL_SIZES)
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("hit_share", [0.0, 0.5], ids=["uniform", "half-hits"])
+@_assign_cases
 def bench_assign_stream(
     benchmark: Any, kind: str, capacity: int, batch: int, hit_share: float, rng: Any
 ) -> None:

@@ -97,8 +97,10 @@ fn options() -> DecoderOptions {
         .set_max_height(MAX_SIDE)
 }
 
-/// (height, width) of a JPEG from its headers.
-pub fn jpeg_size(jpeg: &[u8]) -> Result<(usize, usize), String> {
+type Decoder<'a> = JpegDecoder<ZCursor<&'a [u8]>>;
+
+/// A decoder of `jpeg` with its headers read, and the image's (height, width).
+fn open(jpeg: &[u8]) -> Result<(Decoder<'_>, usize, usize), String> {
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), options());
     decoder
         .decode_headers()
@@ -106,6 +108,12 @@ pub fn jpeg_size(jpeg: &[u8]) -> Result<(usize, usize), String> {
     let (w, h) = decoder
         .dimensions()
         .ok_or("corrupt JPEG: no frame header")?;
+    Ok((decoder, h, w))
+}
+
+/// (height, width) of a JPEG from its headers.
+pub fn jpeg_size(jpeg: &[u8]) -> Result<(usize, usize), String> {
+    let (_, h, w) = open(jpeg)?;
     Ok((h, w))
 }
 
@@ -119,13 +127,7 @@ pub fn decode_rgb_into(
     flip: bool,
 ) -> Result<(), String> {
     debug_assert_eq!(out.len(), height * width * 3);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), options());
-    decoder
-        .decode_headers()
-        .map_err(|e| format!("corrupt JPEG: {e:?}"))?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or("corrupt JPEG: no frame header")?;
+    let (mut decoder, h, w) = open(jpeg)?;
     if (h, w) != (height, width) {
         return Err(format!(
             "image is {h}x{w} (HxW) but the db's first record is {height}x{width}"
