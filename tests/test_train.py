@@ -167,6 +167,44 @@ def test_two_process_gloo_run_and_resume_on_one_process(
     assert summary["resumed_from_step"] == 4
 
 
+def test_two_process_f2c_run_and_resume_on_one_process(
+    data: SyntheticDataset, tmp_path: Path
+) -> None:
+    """The F²C head under torchrun (gloo): the pool is not sharded, so its saved state serves
+    any world size; the run continues on one process."""
+    args = tiny_run_args(data, tmp_path, "--head", "f2c", "--batch-size", "4",
+                         "--train.max_steps", "4", "--name", "ddp-f2c")
+    result = run_module(args, torchrun=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp-f2c" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["head"] == "f2c"
+    assert 0.0 < summary["in_pool_fraction"] <= 1.0
+    ckpt = load(tmp_path / "ddp-f2c" / "checkpoint.pt")
+    head = ckpt["head"]
+    assert ckpt["world_size"] == 2 and head["kind"] == "f2c"
+    # Gallery writes from both ranks' labels filled part of the pool.
+    assert 0 < len(head["index"]["keys"]) <= head["pool_size"]
+
+    # The default pool size depends on the world size; the continued run keeps the saved pool.
+    assert main(["--resume", str(tmp_path / "ddp-f2c"), "--train.max_steps", "6"]) == 0
+    summary = json.loads((tmp_path / "ddp-f2c" / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 6
+    assert summary["resumed_from_step"] == 4 and summary["pool_size"] == head["pool_size"]
+
+
+def test_resume_into_a_different_pool_size_is_a_clear_error(
+    data: SyntheticDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = tiny_run_args(data, tmp_path, "--head", "f2c", "--head.pool_size", "12",
+                         "--train.max_steps", "2", "--name", "pool")
+    assert main(args) == 0
+    saved = load(tmp_path / "pool" / "checkpoint.pt")["head"]["pool_size"]
+    assert saved == 12
+    message = _error_of(capsys, ["--resume", str(tmp_path / "pool"), "--head.pool_size", "18",
+                                 "--train.max_steps", "4"])
+    assert "checkpoint's head does not fit" in message and "pool_size=12" in message
+
+
 # ------------------------------------------------------------------------------ errors
 
 

@@ -420,7 +420,10 @@ class Trainer:
         _unwrap(self.nets.probe).load_state_dict(state["probe"])
         self.nets.gallery.load_state_dict(state["gallery"])
         self._load_optimizer(state["optimizer"])  # before the head: it borrows the head
-        self.head.load_full_state_dict(state["head"])
+        try:
+            self.head.load_full_state_dict(state["head"])
+        except ValueError as exc:
+            raise TrainingError(f"the checkpoint's head does not fit this run: {exc}") from exc
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])

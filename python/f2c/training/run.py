@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,9 @@ def run_training(
     """Train (or continue) the run of ``plan``; returns the summary (all ranks)."""
     started = time.perf_counter() if started is None else started
     run_dir = plan.run_dir
+    state = load_checkpoint(plan.resume_from) if plan.resume_from is not None else None
+    if state is not None:
+        config = keep_pool_size(config, state)
     if runtime.is_main:
         if plan.resume_from is None and run_dir.exists():
             for name in (CHECKPOINT_NAME, "metrics.jsonl", "metrics.csv", "summary.json"):
@@ -102,8 +105,8 @@ def run_training(
         raise TrainingError(f"cannot open the training db: {exc}") from exc
     trainer = Trainer(config, runtime, db, run_dir)
     resumed_step: int | None = None
-    if plan.resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(plan.resume_from))
+    if state is not None:
+        trainer.load_state_dict(state)
         resumed_step = trainer.global_step
         _say(runtime, f"resuming {run_dir} at step {trainer.global_step} (epoch {trainer.epoch})")
         if trainer.best_effort_resume:
@@ -188,6 +191,21 @@ def _evaluate(trainer: Trainer, pairs_path: str, which: str) -> float:
         image_size=trainer.image_size[0],
     )
     return float(result["accuracy"])
+
+
+def keep_pool_size(config: Config, state: dict[str, Any]) -> Config:
+    """Pin a resumed F²C run to its checkpoint's pool size.
+
+    With neither ``head.pool_size`` nor ``head.pool_ratio`` given, the size is derived from the
+    world size (at least twice one pass's inserts), so a run continued on another number of
+    ranks would otherwise build a pool of a different size than the one it saved.
+    """
+    head = state.get("head", {})
+    if config.head.name != "f2c" or head.get("kind") != "f2c":
+        return config
+    if config.head.pool_size is not None or config.head.pool_ratio is not None:
+        return config
+    return replace(config, head=replace(config.head, pool_size=int(head["pool_size"])))
 
 
 def _train_loop(
