@@ -157,7 +157,7 @@ struct JournalEntry {
 }
 
 /// What reverting a run of calls needs: the queue as it was before them, and their changes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Journal {
     queue_len: usize,
     front: usize,
@@ -204,9 +204,9 @@ fn pop_lru(
     }
 }
 
-/// The per-label loop of `ClassPoolIndex::assign_into`. It takes the index's parts as separate
-/// arguments so that the compiler knows they do not overlap and keeps lengths and pointers in
-/// registers across the stores (through `&mut self` it reloads them after each one). Returns
+/// The per-label loop of `ClassPoolIndex::assign_into`, over the index's parts borrowed
+/// separately and compiled twice: with the journal (undoable calls, calls that may overflow)
+/// and without it (the common plain call, which then tests no flag per label). Returns
 /// `Err(())` when a label would evict a slot touched by this call (the caller rolls back).
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
