@@ -177,6 +177,20 @@ struct Outputs<'a> {
     evicted: &'a mut Vec<i64>,
 }
 
+/// Record a touch of slot `s` at the end of the queue: it becomes the most recent.
+#[inline(always)]
+fn touch(records: &mut [SlotRecord], queue: &mut Vec<u32>, base: u64, s: u32) {
+    records[s as usize].pos = base + queue.len() as u64;
+    queue.push(s);
+}
+
+/// Whether queue entry `index` (holding slot `s`) is that slot's latest touch; earlier
+/// entries of the slot are stale.
+#[inline(always)]
+fn is_live(records: &[SlotRecord], base: u64, s: u32, index: usize) -> bool {
+    records[s as usize].pos == base + index as u64
+}
+
 /// Take the least-recently-used slot: the first live queue entry from `front` on.
 #[inline(always)]
 fn pop_lru(
@@ -198,7 +212,7 @@ fn pop_lru(
         if let Some(&near) = queue.get(p + VICTIM_PREFETCH_DISTANCE) {
             map.prefetch(records[near as usize].label);
         }
-        if records[s as usize].pos == base + p as u64 {
+        if is_live(records, base, s, p) {
             return s;
         }
     }
@@ -285,9 +299,7 @@ fn assign_loop<const JOURNALED: bool>(
             evicted.push(old.label as i64);
             (s, false)
         };
-        // The touch: the slot becomes the most recent.
-        records[s as usize].pos = base + queue.len() as u64;
-        queue.push(s);
+        touch(records, queue, base, s);
         slots[i] = i64::from(s);
         hit[i] = was_hit;
     }
@@ -363,13 +375,6 @@ impl ClassPoolIndex {
         Ok(())
     }
 
-    /// Record a touch of slot `s`: it becomes the most recent.
-    #[inline]
-    fn touch(&mut self, s: u32) {
-        self.slots[s as usize].pos = self.base + self.queue.len() as u64;
-        self.queue.push(s);
-    }
-
     /// Keep the queue within a few entries per slot. Only between calls with no undo
     /// pending: journals refer to queue indices.
     fn clean_queue(&mut self) {
@@ -392,7 +397,7 @@ impl ClassPoolIndex {
                 prefetch(&self.slots[ahead as usize]);
             }
             let s = self.queue[read];
-            if self.slots[s as usize].pos == self.base + read as u64 {
+            if is_live(&self.slots, self.base, s, read) {
                 self.queue[write] = s;
                 self.slots[s as usize].pos = self.base + write as u64;
                 write += 1;
@@ -565,9 +570,8 @@ impl ClassPoolIndex {
                 break;
             }
             let s = self.queue[p];
-            let record = self.slots[s as usize];
-            if record.pos == self.base + p as u64 {
-                keys.push(record.label as i64);
+            if is_live(&self.slots, self.base, s, p) {
+                keys.push(self.slots[s as usize].label as i64);
                 slots.push(i64::from(s));
             }
         }
@@ -615,7 +619,7 @@ impl ClassPoolIndex {
         }
         // keys are most recent first: touch them least recent first.
         for &s in slots.iter().rev() {
-            index.touch(s as u32);
+            touch(&mut index.slots, &mut index.queue, index.base, s as u32);
         }
         index.used = n as u32;
         Ok(index)
