@@ -6,24 +6,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from f2c.heads.f2c_head import DynamicClassPool, minimum_pool_size, outlier_top_k
 from f2c.heads.fc import FullFC, PartialFC, shard_range, sharded_cross_entropy
-from f2c.heads.margins import MarginConfig, MarginKind, margin_logits, margined_target_cosine
+from f2c.heads.margins import MarginConfig, margin_logits, margined_target_cosine
+from f2c.heads.names import HeadName, LossWeighting, MarginKind
 from f2c.heads.output import HeadOutput
 from f2c.heads.probe_gallery import ProbeGallery
-
-HeadName = Literal["f2c", "fc", "partial_fc"]
 
 __all__ = [
     "DynamicClassPool",
     "FullFC",
     "HeadName",
     "HeadOutput",
+    "LossWeighting",
     "MarginConfig",
     "MarginKind",
     "PartialFC",
@@ -71,4 +71,4 @@ def build_head(
             num_classes, embedding_size, margin, sample_rate,
             device=device, process_group=process_group,
         )
-    raise ValueError(f"unknown head {name!r}; expected 'f2c', 'fc' or 'partial_fc'")
+    raise ValueError(f"unknown head {name!r}; expected one of {get_args(HeadName)}")

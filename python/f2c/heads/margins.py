@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
-MarginKind = Literal["cosface", "arcface", "svsoftmax"]
+from f2c.heads.names import MarginKind
 
 __all__ = ["MarginConfig", "MarginKind", "margin_logits", "margined_target_cosine"]
 
