@@ -165,7 +165,7 @@ class Trainer:
         torch.manual_seed(tcfg.seed)
         backbone = self._create_backbone(models)
         self.nets = heads.ProbeGallery(backbone, momentum=cfg.head.ema_momentum).to(self.device)
-        margin = heads.MarginConfig(kind=cfg.head.margin, margin=cfg.head.m, scale=cfg.head.s)
+        margin = cfg.head.margin_config()
         self.head = heads.build_head(
             cfg.head.name,
             num_classes=self.num_classes,
