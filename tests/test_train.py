@@ -209,7 +209,7 @@ def test_resume_into_a_different_pool_size_is_a_clear_error(
 
 
 def _error_of(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    assert main(args) == 1
+    assert main(args) == 2
     return capsys.readouterr().err
 
 

@@ -19,23 +19,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from f2c.cli import UserError, add_debug_option, is_user_error, run_cli
 from f2c.config import (
+    RANGES,
     Config,
     ConfigError,
     DataSource,
-    _is_optional,
-    _type_name,
-    config_from_dict,
+    check_inputs,
+    get_dotted,
+    is_optional,
     load_config_file,
     override_keys,
+    resolve_config,
+    type_name,
 )
-from f2c.training.checkpoint import CheckpointError, load_checkpoint
+from f2c.training.checkpoint import load_checkpoint
 from f2c.training.default_job import DEFAULT_JOB, prepare_synthetic
-from f2c.training.loop import TrainingError
 from f2c.training.run import RunPlan, plan_run, print_summary, run_training
 from f2c.training.runtime import Runtime, init_runtime, shutdown_runtime
 
-__all__ = ["build_config", "build_parser", "main"]
+__all__ = ["PROG", "build_config", "build_parser", "main"]
+
+PROG = "python -m f2c.train"
 
 # Short spellings of the most used options.
 SHORTCUTS = {
@@ -65,6 +70,9 @@ sections data/model/head/optim/train); then command-line options. Every setting 
 Outputs go to <train.out_dir>/<train.name>/: config.yaml, checkpoint.pt (atomic, every
 train.checkpoint_every steps and each epoch), metrics.jsonl/.csv, metrics.png, summary.json.
 Re-running into an unfinished run folder continues it exactly; --resume RUN continues a given run.
+
+Mistakes in options, files or inputs print one line and exit with status 2 before any work
+(--debug or F2C_DEBUG=1 shows the traceback).
 """
 
 EXAMPLES = """\
@@ -84,7 +92,7 @@ def _parse_any(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m f2c.train",
+        prog=PROG,
         description=DESCRIPTION,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "from this checkpoint file); its saved config is the base")
     parser.add_argument("--fresh", action="store_true",
                         help="start over in the run folder, replacing a previous run there")
+    add_debug_option(parser)
     short = parser.add_argument_group("shortcuts")
     for flag, key in SHORTCUTS.items():
         short.add_argument(f"--{flag}", dest=key, metavar="VALUE", type=_parse_any,
@@ -107,61 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     full = parser.add_argument_group("settings (--SECTION.KEY VALUE)")
     defaults = Config().to_dict()
     for key, tp in override_keys().items():
-        node: Any = defaults
-        for part in key.split("."):
-            node = node[part]
-        _, inner = _is_optional(tp)
+        _, inner = is_optional(tp)
         metavar = "LIST" if typing.get_origin(inner) is list else inner.__name__.upper() if \
             isinstance(inner, type) else "VALUE"
+        allowed = f", {RANGES[key].describe()}" if key in RANGES else ""
         full.add_argument(f"--{key}", dest=key, metavar=metavar, type=_parse_any,
                           default=argparse.SUPPRESS,
-                          help=f"{_type_name(tp)}; default {node!r}")
+                          help=f"{type_name(tp)}{allowed}; default {get_dotted(defaults, key)!r}")
     return parser
 
 
-def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    node = values
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def build_config(args: argparse.Namespace) -> tuple[Config, bool]:
-    """Layer defaults, default job, checkpoint, file and options; returns (config, auto_named)."""
-    from f2c.config import apply_overrides
+    """Layer defaults, default job, checkpoint, file and options; returns (config, auto_named).
 
+    The layering itself is ``f2c.config.resolve_config``; this only gathers its inputs.
+    """
     if args.config_file and args.config_flag:
         raise ConfigError("give the config file once (positional or --config)")
     path = args.config_file or args.config_flag
-    file_values = load_config_file(path) if path else {}
-    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if "." in k}
     if args.data:
         overrides["data.sources"] = [{"lmdb": lmdb, "kv": kv} for lmdb, kv in args.data]
-
-    if args.resume:
-        checkpoint = load_checkpoint(_checkpoint_file(args.resume))
-        base = checkpoint["config"]
-    else:
-        base = Config().to_dict()
-        file_sources = (file_values.get("data") or {}).get("sources") if isinstance(
-            file_values.get("data"), dict) else None
-        if not file_sources and "data.sources" not in overrides:
-            for key, value in DEFAULT_JOB.items():
-                _set_dotted(base, key, value)
-    config = config_from_dict(_merge(base, file_values), str(path) if path else "config")
-    config = apply_overrides(config, overrides)
-    config.validate()
+    resume_file = _checkpoint_file(args.resume) if args.resume else None
+    config = resolve_config(
+        load_config_file(path) if path else None,
+        overrides,
+        base=load_checkpoint(resume_file)["config"] if resume_file else None,
+        base_source=f"{resume_file}: saved config",
+        preset=DEFAULT_JOB,
+        file_source=str(path) if path else "config",
+    )
     return config, config.train.name is None
 
 
@@ -208,13 +192,15 @@ def _agree_on_plan(runtime: Runtime, plan: RunPlan | None) -> RunPlan:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m f2c.train``: 0 when training finished; user errors print one line, return 2."""
+    return run_cli(PROG, _train, argv)
+
+
+def _train(argv: list[str]) -> int:
     started = time.perf_counter()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config, auto_named = build_config(args)
-    except (ConfigError, CheckpointError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    args = build_parser().parse_args(argv)
+    config, auto_named = build_config(args)
+    check_inputs(config)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     runtime = init_runtime(config.train.device)
@@ -237,10 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if runtime.is_main:
             print_summary(summary)
         return 0
-    except (TrainingError, ConfigError, CheckpointError) as exc:
-        if runtime.is_main or runtime.world_size > 1:
-            print(f"{parser.prog}: error (rank {runtime.rank}): {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        if runtime.distributed and is_user_error(exc):  # say which rank hit it
+            raise UserError(f"(rank {runtime.rank}) {exc}") from exc
+        raise
     finally:
         shutdown_runtime(runtime)
 
