@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import math
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
 
+from f2c import heads
 from f2c.config import (
+    RANGES,
     Config,
     ConfigError,
     DataSource,
+    HeadConfig,
     apply_overrides,
+    check_inputs,
     config_from_dict,
+    get_dotted,
+    is_optional,
     load_config,
+    merge_dicts,
+    override_keys,
+    resolve_config,
     save_config,
+    set_dotted,
 )
 
 
@@ -105,3 +119,227 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     assert path.name == "config.yaml"
     again = config_from_dict(yaml.safe_load(path.read_text()), str(path))
     assert again == config
+
+
+# ------------------------------------------------------------------ ranges of numeric keys
+
+
+def _numeric(tp: Any) -> bool:
+    _, inner = is_optional(tp)
+    if typing.get_origin(inner) is list:
+        (inner,) = typing.get_args(inner)
+    return inner in (int, float)
+
+
+def test_every_numeric_key_has_a_range() -> None:
+    numeric = {key for key, tp in override_keys().items() if _numeric(tp)}
+    assert numeric == set(RANGES)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("optim.gamma", "-0.1"),
+        ("optim.gamma", "0"),
+        ("optim.gamma", "1.5"),
+        ("optim.lr", "0"),
+        ("optim.lr", "nan"),
+        ("optim.lr", "inf"),
+        ("optim.momentum", "-0.5"),
+        ("optim.momentum", "1"),
+        ("optim.weight_decay", "-1e-4"),
+        ("optim.min_lr", "-0.001"),
+        ("optim.warmup_epochs", "-1"),
+        ("optim.clip_grad_norm", "0"),
+        ("optim.clip_grad_norm", "-5"),
+        ("train.seed", "-1"),
+        ("train.seed", str(2**32)),
+        ("train.epochs", "0"),
+        ("train.max_steps", "0"),
+        ("train.threads", "0"),
+        ("train.checkpoint_every", "-1"),
+        ("train.log_every", "0"),
+        ("train.eval_batch_size", "0"),
+        ("train.batch_size", "0"),
+        ("train.batch_size", "7"),
+        ("head.s", "0"),
+        ("head.s", "-32"),
+        ("head.m", "-0.1"),
+        ("head.m", "2"),
+        ("head.sv_t", "0.9"),
+        ("head.ema_momentum", "1"),
+        ("head.ema_momentum", "-0.1"),
+        ("head.sample_rate", "0"),
+        ("head.sample_rate", "1.5"),
+        ("head.pool_size", "0"),
+        ("head.pool_ratio", "0"),
+        ("head.pool_ratio", "1.1"),
+        ("model.embedding_size", "0"),
+        ("data.workers", "-1"),
+        ("data.prefetch", "0"),
+        ("data.synthetic.num_identities", "0"),
+        ("data.synthetic.images_per_identity", "0"),
+        ("data.synthetic.num_test_identities", "19"),
+        ("data.synthetic.pairs_per_fold", "3"),
+        ("data.synthetic.pairs_per_fold", "0"),
+        ("data.synthetic.image_size", "40"),
+        ("data.synthetic.image_size", "16"),
+        ("data.synthetic.seed", "-3"),
+    ],
+)
+def test_out_of_range_values_name_the_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')} must be .*, got "):
+        load_config(None, {key: value})
+
+
+def test_list_items_are_checked_one_by_one() -> None:
+    with pytest.raises(ConfigError, match=r"optim\.milestones\[1\] must be >= 0"):
+        load_config(None, {"optim.milestones": "2,-1"})
+
+
+def test_range_edges_that_are_allowed() -> None:
+    config = load_config(None, {
+        "optim.gamma": "1", "optim.momentum": "0", "optim.weight_decay": "0",
+        "train.seed": str(2**32 - 1), "head.sv_t": "1", "head.m": "0", "head.pool_ratio": "1",
+        "head.sample_rate": "1", "optim.min_lr": "0.1", "optim.lr": "0.1",
+        "data.synthetic.image_size": "32", "data.synthetic.num_test_identities": "20",
+        "train.checkpoint_every": "0", "data.workers": "0", "optim.clip_grad_norm": "0.5",
+    })
+    assert config.optim.gamma == 1.0 and config.train.seed == 2**32 - 1
+    assert config.optim.min_lr == config.optim.lr
+
+
+def test_cross_field_ranges() -> None:
+    with pytest.raises(ConfigError, match=r"optim\.min_lr must be in \[0, optim\.lr = 0\.005\]"):
+        load_config(None, {"optim.lr": "0.005", "optim.min_lr": "0.43"})
+    with pytest.raises(ConfigError, match=r"head\.m must be < pi/2"):
+        load_config(None, {"head.margin": "arcface", "head.m": "1.6"})
+    assert load_config(None, {"head.margin": "cosface", "head.m": "1.6"}).head.m == 1.6
+    assert load_config(None, {"head.margin": "arcface", "head.m": "0.5"}).head.m == 0.5
+    with pytest.raises(ConfigError, match=r"model\.backbone must be one of .*'resnet9'"):
+        load_config(None, {"model.backbone": "resnet9"})
+
+
+def test_ranges_are_checked_for_file_values_too(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {gamma: -0.1}\n")
+    with pytest.raises(ConfigError, match="optim.gamma"):
+        load_config(path)
+
+
+# ------------------------------------------------------------------ new keys, margin, names
+
+
+def test_new_keys_parse_and_default(tmp_path: Path) -> None:
+    defaults = Config()
+    assert defaults.model.init_from is None and defaults.model.init_net == "probe"
+    assert defaults.optim.clip_grad_norm is None
+    assert defaults.head.loss_weighting == "paper" and defaults.head.sv_t == 1.2
+    assert defaults.train.tensorboard is True
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model: {init_from: w.pt, init_net: gallery}\n"
+        "optim: {clip_grad_norm: 5}\n"
+        "head: {loss_weighting: row_equal, sv_t: 1.4}\n"
+        "train: {tensorboard: false}\n"
+    )
+    config = load_config(path, {"optim.clip_grad_norm": "none"})
+    assert config.model.init_from == "w.pt" and config.model.init_net == "gallery"
+    assert config.optim.clip_grad_norm is None  # "none" clears an optional value
+    assert config.head.loss_weighting == "row_equal" and config.head.sv_t == 1.4
+    assert config.train.tensorboard is False
+    assert load_config(path).optim.clip_grad_norm == 5.0
+    for key, value in [("model.init_net", "ema"), ("head.loss_weighting", "mean")]:
+        with pytest.raises(ConfigError, match=f"'{key}': '{value}' is not one of"):
+            load_config(None, {key: value})
+
+
+def test_sv_t_reaches_the_margin_config() -> None:
+    config = load_config(None, {"head.margin": "svsoftmax", "head.sv_t": "1.5", "head.m": "0.3",
+                                "head.s": "40"})
+    margin = config.head.margin_config()
+    assert margin == heads.MarginConfig(kind="svsoftmax", margin=0.3, scale=40.0, sv_t=1.5)
+    # The value changes the logits of a hard negative: t·cos + t − 1, scaled.
+    cos = torch.tensor([[0.5, 0.45]])
+    target = torch.tensor([0])
+    logits = heads.margin_logits(cos, target, margin)
+    assert math.isclose(float(logits[0, 1]), 40.0 * (1.5 * 0.45 + 0.5), rel_tol=1e-6)
+
+
+def test_head_and_margin_names_come_from_heads() -> None:
+    hints = typing.get_type_hints(HeadConfig)
+    assert hints["name"] is heads.HeadName
+    assert hints["margin"] is heads.MarginKind
+    assert hints["loss_weighting"] is heads.LossWeighting
+
+
+# ------------------------------------------------------------------ layering
+
+
+def test_dotted_helpers_and_merge() -> None:
+    values: dict[str, Any] = {"a": {"b": 1}}
+    set_dotted(values, "a.c.d", 2)
+    assert values == {"a": {"b": 1, "c": {"d": 2}}} and get_dotted(values, "a.c.d") == 2
+    merged = merge_dicts({"a": {"b": 1, "c": [1]}, "x": 0}, {"a": {"c": [2]}, "y": 3})
+    assert merged == {"a": {"b": 1, "c": [2]}, "x": 0, "y": 3}
+
+
+def test_layer_precedence() -> None:
+    preset = {"optim.lr": 0.2, "train.epochs": 4, "train.log_every": 3}
+    file_values = {"optim": {"lr": 0.3}, "train": {"epochs": 5}}
+    config = resolve_config(file_values, {"optim.lr": "0.4"}, preset=preset)
+    assert config.optim.lr == 0.4  # override > file
+    assert config.train.epochs == 5  # file > preset
+    assert config.train.log_every == 3  # preset > defaults
+    assert config.train.batch_size == Config().train.batch_size
+    # A data source anywhere turns the preset off.
+    with_file_data = resolve_config({"data": {"sources": [{"lmdb": "a", "kv": "b"}]}},
+                                    preset=preset)
+    with_option_data = resolve_config(None, {"data.sources": [{"lmdb": "a", "kv": "b"}]},
+                                      preset=preset)
+    for config in (with_file_data, with_option_data):
+        assert config.train.log_every == Config().train.log_every
+    # A base (a checkpoint's config) replaces defaults and preset alike.
+    base = Config().to_dict()
+    base["train"]["log_every"] = 7
+    config = resolve_config(file_values, {"optim.lr": "0.4"}, base=base, preset=preset)
+    assert config.train.log_every == 7 and config.train.epochs == 5 and config.optim.lr == 0.4
+
+
+def test_a_base_without_the_new_keys_takes_their_defaults() -> None:
+    old = Config().to_dict()
+    for section, key in [("model", "init_from"), ("model", "init_net"), ("head", "sv_t"),
+                         ("head", "loss_weighting"), ("optim", "clip_grad_norm"),
+                         ("train", "tensorboard")]:
+        del old[section][key]
+    config = resolve_config(base=old)
+    assert config == Config()
+
+
+def test_a_bad_base_names_its_source() -> None:
+    with pytest.raises(ConfigError, match="ckpt.pt: saved config.*optim.lrr"):
+        resolve_config(base={"optim": {"lrr": 1}}, base_source="ckpt.pt: saved config")
+
+
+# ------------------------------------------------------------------ input paths
+
+
+def test_check_inputs_names_every_missing_path(tmp_path: Path) -> None:
+    lmdb = tmp_path / "train.lmdb"
+    lmdb.mkdir()
+    kv = tmp_path / "train.kv"
+    kv.write_text("a 0\n")
+    config = Config()
+    config.data.sources = [DataSource(str(lmdb), str(kv))]
+    check_inputs(config)  # all present
+    config.train.eval_pairs = str(tmp_path / "pairs.txt")
+    config.model.init_from = str(tmp_path / "w.pt")
+    config.data.sources.append(DataSource(str(tmp_path / "b.lmdb"), str(lmdb)))
+    with pytest.raises(ConfigError) as info:
+        check_inputs(config)
+    message = str(info.value)
+    assert f"data.sources[1].lmdb: training db not found: {tmp_path / 'b.lmdb'}" in message
+    assert f"data.sources[1].kv: kv file is not a file: {lmdb}" in message
+    assert f"train.eval_pairs: pairs file not found: {tmp_path / 'pairs.txt'}" in message
+    assert f"model.init_from: weights file not found: {tmp_path / 'w.pt'}" in message
+    assert "data.sources[0]" not in message
