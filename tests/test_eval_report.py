@@ -11,6 +11,7 @@ import torch
 from eval_support import PixelNet, face_images, save_png, write_pair_set
 
 import f2c.evaluate as cli
+from f2c.evaluation.benchmarks import BENCHMARKS, benchmark_kind
 from f2c.evaluation.report import SCHEMA, ResultTable, plot_roc, to_markdown, write_csv
 
 
@@ -128,6 +129,13 @@ def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
     assert set(df3["model"]) == {"ckpt/probe", "ckpt/gallery"}
 
 
+def test_benchmark_table_lookup() -> None:
+    assert set(cli.KINDS) == set(BENCHMARKS) and "ijbc_1n" in BENCHMARKS
+    assert benchmark_kind(" CFP-FP ").name == "cfp_fp"
+    with pytest.raises(KeyError, match="unknown benchmark 'lwf'; known: lfw, "):
+        benchmark_kind("lwf")
+
+
 def test_cli_refuses_typos_and_bad_protocols(tmp_path: Path, tiny_models: None) -> None:
     ckpt = tmp_path / "ckpt.pt"
     save_checkpoint(ckpt)
@@ -213,6 +221,9 @@ def test_megaface_from_stored_features_script(tmp_path: Path) -> None:
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     ref = megaface_evaluate(unit(probes), ids, unit(dis))
     got = dict(zip(df["metric"], df["value"], strict=True))
+    # the rows of the CLI's megaface kind, not a copy of its own
+    assert set(got) == {"rank1", "cmc@5", "cmc@10", "tar@far=1e-06"}
+    assert got["cmc@5"] == pytest.approx(ref.cmc[4])
     assert got["rank1"] == pytest.approx(ref.rank1)
     assert got["tar@far=1e-06"] == pytest.approx(ref.tar_at_far[1e-6])
     assert "d.npy (500 rows)" in df["data"][0]

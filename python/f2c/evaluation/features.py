@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,12 +25,14 @@ from f2c.data.transforms import normalize
 
 __all__ = [
     "ArrayImages",
+    "Embedder",
     "EncodedImages",
     "ImageFiles",
     "ImageSource",
     "cached_features",
     "extract_features",
     "load_features",
+    "require_files",
     "save_features",
 ]
 
@@ -57,6 +60,13 @@ def _to_rgb_array(img: Image.Image, image_size: int | None, what: str) -> np.nda
             )
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def require_files(paths: Sequence[Path], what: str, hint: str = "") -> None:
+    """Refuse a list of image files in which one is missing, naming the first missing one."""
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise FileNotFoundError(f"{what} not found: {missing}" + (f" ({hint})" if hint else ""))
 
 
 class ImageFiles:
@@ -316,3 +326,28 @@ def cached_features(
     if stem is not None:
         save_features(stem, feats, want)
     return feats
+
+
+@dataclass(frozen=True)
+class Embedder:
+    """How a benchmark's images become features: the network and how it is run.
+
+    ``image_size`` is recorded in the store's manifest (the image sources do the resizing).
+    """
+
+    model: torch.nn.Module
+    model_id: str = "model"  # identifies the weights in the store's manifest
+    flip: bool = True
+    device: str | torch.device = "cpu"
+    batch_size: int = 128
+    image_size: int | None = None
+
+    def features(
+        self, images: ImageSource, stem: str | os.PathLike[str] | None = None
+    ) -> np.ndarray:
+        """Raw features of ``images``, through the store ``stem`` (None: no store)."""
+        return cached_features(
+            stem, self.model, images, model_id=self.model_id, flip=self.flip,
+            extra={"image_size": self.image_size}, device=self.device,
+            batch_size=self.batch_size,
+        )

@@ -26,28 +26,30 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from f2c.evaluation.features import require_files
 from f2c.evaluation.streaming import stream_topk
 
 __all__ = [
     "MegaFaceResult",
     "MegaFaceSet",
+    "NormalisedRows",
     "load_megaface",
     "megaface_evaluate",
+    "megaface_evaluate_raw",
     "rank1",
     "read_image_list",
     "read_labelled_list",
+    "unit_rows",
 ]
 
 DEFAULT_TILE = 8192
 MAX_IMPOSTORS_KEPT = 50_000_000  # 200 MB of float32 (x5 while buffering)
-
-
-# ---------------------------------------------------------------- streaming core
 
 
 # ---------------------------------------------------------------- probe pairs
@@ -103,7 +105,7 @@ def _probe_tensor(probes: npt.ArrayLike | torch.Tensor, device: torch.device) ->
 def megaface_evaluate(
     probes: npt.ArrayLike | torch.Tensor,
     probe_ids: npt.ArrayLike,
-    distractors: np.ndarray | torch.Tensor,
+    distractors: np.ndarray | torch.Tensor | NormalisedRows,
     *,
     ranks: int = 10,
     fars: Sequence[float] = (1e-6,),
@@ -175,6 +177,39 @@ def rank1(
     ).rank1
 
 
+class NormalisedRows:
+    """A read-only view of an ``[M, D]`` array (memory-mapped or not) whose slices come out
+    float32 and L2-normalised: a gallery is normalised tile by tile as it streams, never
+    copied whole."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return unit_rows(self.array[rows])
+
+
+def unit_rows(x: npt.ArrayLike) -> np.ndarray:
+    """Rows L2-normalised, as float32 (a zero row stays zero)."""
+    block = np.asarray(x, dtype=np.float32)
+    return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+
+
+def megaface_evaluate_raw(
+    probes: npt.ArrayLike,
+    probe_ids: npt.ArrayLike,
+    distractors: np.ndarray,
+    **kwargs: Any,
+) -> MegaFaceResult:
+    """:func:`megaface_evaluate` on raw features: probes are normalised here, distractors tile
+    by tile as they stream (see :class:`NormalisedRows`)."""
+    return megaface_evaluate(unit_rows(probes), probe_ids, NormalisedRows(distractors), **kwargs)
+
+
 # ---------------------------------------------------------------- lists on disk
 
 
@@ -242,10 +277,8 @@ def load_megaface(
     full_p = [root / q for q in p_paths]
     full_d = [root / q for q in d_paths]
     if check_files:
-        for what, lst in (("probe", full_p), ("distractor", full_d)):
-            missing = next((q for q in lst if not q.is_file()), None)
-            if missing is not None:
-                raise FileNotFoundError(f"{what} image not found: {missing}")
+        require_files(full_p, "probe image")
+        require_files(full_d, "distractor image")
     if not full_d:
         raise ValueError(f"{root / distractors}: no distractors left")
     return MegaFaceSet(full_p, p_ids, full_d, desc)

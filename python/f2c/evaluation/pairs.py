@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from f2c.evaluation.features import EncodedImages, ImageFiles, ImageSource, cached_features
+from f2c.evaluation.features import Embedder, EncodedImages, ImageFiles, ImageSource
 from f2c.evaluation.metrics import kfold_evaluate, tar_at_fars
 
 __all__ = [
@@ -275,14 +275,6 @@ def evaluate_pairs(
     :func:`evaluate_pair_features` for the returned keys. The model's train/eval mode is
     restored afterwards, so a training loop can call this between steps."""
     pairs = load_pair_set(pairs_path, image_size=image_size)
-    feats = cached_features(
-        features_stem,
-        model,
-        pairs.images,
-        model_id=model_id,
-        flip=flip,
-        extra={"image_size": image_size},
-        device=device,
-        batch_size=batch_size,
-    )
-    return evaluate_pair_features(feats, pairs, protocol=protocol)
+    embed = Embedder(model, model_id, flip, device, batch_size, image_size)
+    return evaluate_pair_features(embed.features(pairs.images, features_stem), pairs,
+                                  protocol=protocol)

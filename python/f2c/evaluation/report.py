@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["SCHEMA", "ResultTable", "plot_roc", "to_markdown", "write_csv", "write_markdown"]
+__all__ = [
+    "SCHEMA",
+    "ResultTable",
+    "plot_roc",
+    "to_markdown",
+    "write_csv",
+    "write_markdown",
+    "write_results",
+]
 
 SCHEMA: dict[str, Any] = {
     "model": pl.String,  # checkpoint / net that produced the features
@@ -89,6 +97,24 @@ def to_markdown(df: pl.DataFrame) -> str:
 def write_markdown(df: pl.DataFrame, path: str | os.PathLike[str]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(to_markdown(df))
+
+
+def write_results(out: str | os.PathLike[str], new: pl.DataFrame) -> pl.DataFrame:
+    """Merge ``new`` into ``<out>/results.csv`` and rewrite it and ``<out>/results.md``.
+
+    Rows of ``new`` replace earlier rows with the same model, benchmark and metric; other rows
+    are kept, so several checkpoints can share one table. Returns the merged table.
+    """
+    out = Path(out)
+    csv = out / "results.csv"
+    merged = new
+    if csv.exists():
+        old = pl.read_csv(csv, schema=new.schema)
+        key = ["model", "benchmark", "metric"]
+        merged = pl.concat([old.join(new.select(key), on=key, how="anti"), new])
+    write_csv(merged, csv)
+    write_markdown(merged, out / "results.md")
+    return merged
 
 
 def _thin(fpr: np.ndarray, tpr: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:

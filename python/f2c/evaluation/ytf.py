@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from f2c.evaluation.features import ImageFiles, cached_features
+from f2c.evaluation.features import Embedder, ImageFiles
 from f2c.evaluation.metrics import kfold_evaluate
 
 __all__ = [
@@ -181,17 +181,13 @@ def evaluate_ytf_features(frame_features: np.ndarray, ytf: YtfSet) -> dict[str, 
 def evaluate_ytf(
     model: torch.nn.Module,
     root: str | os.PathLike[str],
-    device: str | torch.device = "cpu",
-    batch_size: int = 128,
-    flip: bool = True,
     *,
-    image_size: int | None = None,
     features_stem: str | os.PathLike[str] | None = None,
-    model_id: str = "model",
+    **embed: Any,
 ) -> dict[str, Any]:
-    ytf = load_ytf(root, image_size=image_size)
-    feats = cached_features(
-        features_stem, model, ytf.frames, model_id=model_id, flip=flip,
-        extra={"image_size": image_size}, device=device, batch_size=batch_size,
-    )
-    return evaluate_ytf_features(feats, ytf)
+    """Embed the YTF frames under ``root`` with ``model`` and score the video pairs; ``embed``
+    takes :class:`~f2c.evaluation.features.Embedder`'s fields (``flip``, ``device``,
+    ``batch_size``, ``image_size``, ``model_id``)."""
+    embedder = Embedder(model, **embed)
+    ytf = load_ytf(root, image_size=embedder.image_size)
+    return evaluate_ytf_features(embedder.features(ytf.frames, features_stem), ytf)
