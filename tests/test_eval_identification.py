@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_support import PixelNet, face_images, save_png
+from eval_support import PixelNet, write_ijb_identification
 
 import f2c.evaluate as cli
 from f2c.evaluation.identification import (
@@ -95,21 +95,8 @@ def test_template_csv(tmp_path: Path) -> None:
 
 def test_cli_ijbc_1n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
-    rng = np.random.default_rng(3)
-    imgs, labels = face_images(rng, 8, 4)
     root = tmp_path / "IJBC"
-    rows = []
-    for i, (img, subject) in enumerate(zip(imgs, labels, strict=True)):
-        save_png(img, root / "images" / f"frames/{i}.png")
-        rows.append((i, int(subject)))
-    (root / "meta").mkdir()
-    head = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID\n"
-    # G1 holds subjects 0-3, G2 subjects 4-7 (images 0-1 of each); probes use images 2-3
-    for name, subjects in (("G1", range(4)), ("G2", range(4, 8))):
-        (root / f"meta/ijbc_1N_gallery_{name}.csv").write_text(head + "".join(
-            f"{100 + s},{s},frames/{i}.png,{i}\n" for i, s in rows if s in subjects and i % 4 < 2))
-    (root / "meta/ijbc_1N_probe_mixed.csv").write_text(head + "".join(
-        f"{200 + s},{s},frames/{i}.png,{i}\n" for i, s in rows if i % 4 >= 2))
+    write_ijb_identification(root)
     ckpt = tmp_path / "c.pt"
     torch.save({"model": {"backbone": "pixel", "embedding_size": 16},
                 "probe": PixelNet(16).state_dict()}, ckpt)

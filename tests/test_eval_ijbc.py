@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_support import loop_pool
 
 from f2c.evaluation.ijbc import (
     evaluate_ijbc_features,
@@ -21,23 +22,6 @@ def random_meta(rng: np.random.Generator, images: int = 400, templates: int = 40
     tids = rng.choice(np.arange(1000, 1000 + 3 * templates, 3), images)  # sparse, unsorted ids
     mids = rng.integers(0, 25, images)  # media ids shared across templates on purpose
     return tids, mids
-
-
-def loop_pool(feats, tids, mids, normalize_images=False, weights=None):
-    """Literal definition: per template, per medium, mean; sum over media; normalise."""
-    f = feats.astype(np.float64)
-    if normalize_images:
-        f = f / np.linalg.norm(f, axis=1, keepdims=True)
-    if weights is not None:
-        f = f * weights[:, None]
-    out = {}
-    for t in sorted(set(tids.tolist())):
-        total = np.zeros(f.shape[1])
-        in_t = tids == t
-        for m in sorted(set(mids[in_t].tolist())):
-            total += f[in_t & (mids == m)].mean(0)
-        out[t] = total / np.linalg.norm(total)
-    return out
 
 
 @pytest.mark.parametrize("normalize_images", [False, True])

@@ -8,7 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from eval_support import PixelNet, face_images, save_png, write_pair_set
+from eval_support import (
+    PixelNet,
+    face_images,
+    save_checkpoint,
+    save_png,
+    write_ijb_verification,
+    write_pair_set,
+)
 
 import f2c.evaluate as cli
 from f2c.evaluation.benchmarks import BENCHMARKS, benchmark_kind
@@ -50,36 +57,6 @@ def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
 
 
-def save_checkpoint(path: Path) -> None:
-    probe, gallery = PixelNet(16, seed=0), PixelNet(16, seed=1)
-    torch.save(
-        {
-            "config": {"model": {"backbone": "pixelnet", "embedding_size": 16}},
-            "model": {"backbone": "pixelnet", "embedding_size": 16, "image_size": [16, 16]},
-            "probe": {f"module.{k}": v for k, v in probe.state_dict().items()},  # DDP prefix
-            "gallery": gallery.state_dict(),
-        },
-        path,
-    )
-
-
-def write_ijbc(root: Path) -> None:
-    rng = np.random.default_rng(4)
-    imgs, labels = face_images(rng, 6, 6)
-    names, tids, mids = [], [], []
-    for i, (img, ident) in enumerate(zip(imgs, labels, strict=True)):
-        names.append(f"{i}.jpg")
-        save_png(img, root / "images" / f"{i}.jpg")  # PNG bytes; PIL reads by content
-        tids.append(100 + 2 * ident + (i % 6 >= 3))  # two templates per subject
-        mids.append(i % 2)
-    (root / "meta").mkdir()
-    (root / "meta/ijbc_face_tid_mid.txt").write_text(
-        "".join(f"{n} {t} {m}\n" for n, t, m in zip(names, tids, mids, strict=True)))
-    ts = sorted(set(tids))
-    (root / "meta/ijbc_template_pair_label.txt").write_text("".join(
-        f"{a} {b} {int((a - 100) // 2 == (b - 100) // 2)}\n" for a in ts for b in ts if a < b))
-
-
 def write_megaface(root: Path) -> None:
     rng = np.random.default_rng(5)
     imgs, labels = face_images(rng, 4, 3)
@@ -98,8 +75,7 @@ def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
     ckpt = tmp_path / "ckpt.pt"
     save_checkpoint(ckpt)
     pairs, _ = write_pair_set(tmp_path / "synth")
-    (tmp_path / "ijbc").mkdir()
-    write_ijbc(tmp_path / "ijbc")
+    write_ijb_verification(tmp_path / "ijbc")
     (tmp_path / "mf").mkdir()
     write_megaface(tmp_path / "mf")
     out = tmp_path / "out"

@@ -7,8 +7,9 @@
 
 Benchmarks (``NAME=PATH``): ``lfw``, ``sllfw``, ``cplfw``, ``calfw``, ``cfp_fp``, ``cfp_ff``,
 ``agedb_30`` (a ``.bin`` pack or a pairs file; protocol fold sizes are enforced), ``pairs`` (any
-pairs file / ``.bin`` with 10 equal folds), ``ytf``, ``ijbc`` (1:1), ``ijbc_1n``, ``megaface``
-(folders; layouts in ``evaluation/README.md``). Unknown names are refused.
+pairs file / ``.bin`` with 10 equal folds), ``ytf``, ``ijbc`` and ``ijbb`` (1:1), ``ijbc_1n``
+and ``ijbb_1n``, ``megaface`` (folders; layouts in ``evaluation/README.md``). Unknown names are
+refused. Each name is a kind in :data:`f2c.evaluation.benchmarks.BENCHMARKS`.
 
 Writes ``<out>/results.csv`` and ``<out>/results.md`` (rows for the same model, benchmark and
 metric are replaced, others kept, so several checkpoints can share one table),
@@ -198,11 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not read or write <out>/features")
     p.add_argument("--ranks", type=int, default=10, help="MegaFace CMC up to this rank")
     p.add_argument("--tile", type=int, default=8192, help="MegaFace distractors per tile")
-    p.add_argument("--ijbc-normalize-images", action="store_true",
-                   help="L2-normalise IJB-C image features before pooling")
-    p.add_argument("--ijbc-no-detector-scores", dest="ijbc_detector_scores",
-                   action="store_false",
-                   help="do not weight IJB-C images by meta/ijbc_name_5pts_score.txt scores")
+    p.add_argument("--ijb-normalize-images", "--ijbc-normalize-images",
+                   dest="ijb_normalize_images", action="store_true",
+                   help="L2-normalise IJB-B/C image features before pooling")
+    p.add_argument("--ijb-no-detector-scores", "--ijbc-no-detector-scores",
+                   dest="ijb_detector_scores", action="store_false",
+                   help="do not weight IJB-B/C images by the detector scores of "
+                   "meta/ijb?_name_5pts_score.txt")
     return p
 
 
@@ -218,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> pl.DataFrame:
         features_dir=None if args.no_feature_cache else out / "features",
         protocol=BenchmarkOptions(
             image_size=args.image_size or model.image_size, ranks=args.ranks, tile=args.tile,
-            device=args.device, ijb_normalize_images=args.ijbc_normalize_images,
-            ijb_detector_scores=args.ijbc_detector_scores,
+            device=args.device, ijb_normalize_images=args.ijb_normalize_images,
+            ijb_detector_scores=args.ijb_detector_scores,
         ),
     )
     name = args.name or f"{args.checkpoint.stem}/{args.net}"

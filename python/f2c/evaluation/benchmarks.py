@@ -30,7 +30,7 @@ from f2c.evaluation.identification import (
     pool_template_list,
     read_template_csv,
 )
-from f2c.evaluation.ijbc import evaluate_ijbc_features, read_ijbc_meta
+from f2c.evaluation.ijbc import IJBB, IJBC, IjbLayout, evaluate_ijbc_features, read_ijb_meta
 from f2c.evaluation.megaface import DEFAULT_TILE, load_megaface, megaface_evaluate_raw
 from f2c.evaluation.pairs import PROTOCOL_FOLD_SIZES, evaluate_pair_features, load_pair_set
 from f2c.evaluation.report import ResultTable
@@ -48,8 +48,6 @@ __all__ = [
 ]
 
 KFOLD_RULE = "10 contiguous folds of {size}; threshold exact on the other 9; same iff cos > t"
-IJBC_1N_GALLERIES = {"G1": "meta/ijbc_1N_gallery_G1.csv", "G2": "meta/ijbc_1N_gallery_G2.csv"}
-IJBC_1N_PROBES = "meta/ijbc_1N_probe_mixed.csv"
 
 
 @dataclass(frozen=True)
@@ -163,29 +161,37 @@ def _ytf_rows(r: dict[str, Any], o: BenchmarkOptions) -> list[Row]:
     return [Row("accuracy", r["accuracy"], r["pairs"], protocol, std=r["accuracy_std"])]
 
 
-# ---------------------------------------------------------------- IJB-C
+# ---------------------------------------------------------------- IJB-B / IJB-C
 
 
-def _ijb_images(root: Path, names: np.ndarray, o: BenchmarkOptions) -> ImageFiles:
+def _ijb_images(root: Path, names: np.ndarray, layout: IjbLayout, o: BenchmarkOptions
+                ) -> ImageFiles:
     """The aligned crops ``root/images/<name>``; all must exist."""
     files = [root / "images" / str(n) for n in names]
-    require_files(files, "IJB-C image", f"expected aligned crops under {root / 'images'}")
+    require_files(files, f"{layout.title} image", f"expected aligned crops under {root / 'images'}")
     return ImageFiles(files, ids=[str(n) for n in names], image_size=o.image_size)
 
 
-def _ijbc_load(path: Path, o: BenchmarkOptions) -> Loaded:
-    meta = read_ijbc_meta(path)
-    return Loaded(meta, {"ijbc": _ijb_images(path, meta.image_names, o)}, "ijbc", str(path))
+def _ijb_verification_kind(layout: IjbLayout) -> BenchmarkKind:
+    """1:1: TAR at each FAR over the template pairs of ``layout``."""
+    name = layout.prefix
+
+    def load(path: Path, o: BenchmarkOptions) -> Loaded:
+        meta = read_ijb_meta(path, layout)
+        return Loaded(meta, {name: _ijb_images(path, meta.image_names, layout, o)}, name,
+                      str(path))
+
+    def evaluate(loaded: Loaded, feats: Mapping[str, np.ndarray], o: BenchmarkOptions) -> Any:
+        meta = loaded.inputs
+        use_scores = o.ijb_detector_scores and meta.detector_scores is not None
+        return evaluate_ijbc_features(feats[name], meta, normalize_images=o.ijb_normalize_images,
+                                      use_detector_scores=use_scores, keep_roc=True)
+
+    return BenchmarkKind(name, load, evaluate, _ijb_verification_rows,
+                         roc_title=f"{layout.title} 1:1")
 
 
-def _ijbc_evaluate(loaded: Loaded, feats: Mapping[str, np.ndarray], o: BenchmarkOptions) -> Any:
-    meta = loaded.inputs
-    use_scores = o.ijb_detector_scores and meta.detector_scores is not None
-    return evaluate_ijbc_features(feats["ijbc"], meta, normalize_images=o.ijb_normalize_images,
-                                  use_detector_scores=use_scores, keep_roc=True)
-
-
-def _ijbc_rows(r: dict[str, Any], o: BenchmarkOptions) -> list[Row]:
+def _ijb_verification_rows(r: dict[str, Any], o: BenchmarkOptions) -> list[Row]:
     pooling = (
         "template = normalise(sum over media of mean image feature)"
         + ("; images L2-normalised" if r["normalize_images"] else "")
@@ -200,37 +206,43 @@ def _ijbc_rows(r: dict[str, Any], o: BenchmarkOptions) -> list[Row]:
     return rows
 
 
-def _ijbc_1n_load(path: Path, o: BenchmarkOptions) -> Loaded:
-    probes = read_template_csv(path / IJBC_1N_PROBES)
-    galleries = {g: read_template_csv(path / f) for g, f in IJBC_1N_GALLERIES.items()
-                 if (path / f).is_file()}
-    if not galleries:
-        raise FileNotFoundError(f"no 1:N gallery list under {path / 'meta'} "
-                                f"(expected {', '.join(IJBC_1N_GALLERIES.values())})")
-    lists = [probes, *galleries.values()]
-    names = np.unique(np.concatenate([t.filenames for t in lists]))
-    return Loaded((probes, galleries, names), {"ijbc_1n": _ijb_images(path, names, o)},
-                  "ijbc_1n", str(path))
+def _ijb_identification_kind(layout: IjbLayout) -> BenchmarkKind:
+    """1:N: each gallery of ``layout`` searched with the mixed probe templates."""
+    name = f"{layout.prefix}_1n"
+
+    def load(path: Path, o: BenchmarkOptions) -> Loaded:
+        probes = read_template_csv(path / layout.probes)
+        galleries = {g: read_template_csv(path / layout.gallery(g)) for g in layout.galleries
+                     if (path / layout.gallery(g)).is_file()}
+        if not galleries:
+            expected = ", ".join(layout.gallery(g) for g in layout.galleries)
+            raise FileNotFoundError(f"no {layout.title} 1:N gallery list under {path / 'meta'} "
+                                    f"(expected {expected})")
+        lists = [probes, *galleries.values()]
+        names = np.unique(np.concatenate([t.filenames for t in lists]))
+        return Loaded((probes, galleries, names), {name: _ijb_images(path, names, layout, o)},
+                      name, str(path))
+
+    def evaluate(
+        loaded: Loaded, feats: Mapping[str, np.ndarray], o: BenchmarkOptions
+    ) -> dict[str, dict[str, Any]]:
+        probes, galleries, names = loaded.inputs
+        f = feats[name]
+        pool = {"normalize_images": o.ijb_normalize_images}
+        p_feats, p_subj = pool_template_list(f[np.searchsorted(names, probes.filenames)],
+                                             probes, **pool)
+        out = {}
+        for gname, glist in galleries.items():
+            g_feats, g_subj = pool_template_list(f[np.searchsorted(names, glist.filenames)],
+                                                 glist, **pool)
+            out[gname] = identification_metrics(g_feats, g_subj, p_feats, p_subj,
+                                                ranks=(1, 5, 10), fpirs=(0.01, 0.1))
+        return out
+
+    return BenchmarkKind(name, load, evaluate, _ijb_identification_rows)
 
 
-def _ijbc_1n_evaluate(
-    loaded: Loaded, feats: Mapping[str, np.ndarray], o: BenchmarkOptions
-) -> dict[str, dict[str, Any]]:
-    probes, galleries, names = loaded.inputs
-    f = feats["ijbc_1n"]
-    pool = {"normalize_images": o.ijb_normalize_images}
-    p_feats, p_subj = pool_template_list(f[np.searchsorted(names, probes.filenames)], probes,
-                                         **pool)
-    out = {}
-    for gname, glist in galleries.items():
-        g_feats, g_subj = pool_template_list(f[np.searchsorted(names, glist.filenames)], glist,
-                                             **pool)
-        out[gname] = identification_metrics(g_feats, g_subj, p_feats, p_subj,
-                                            ranks=(1, 5, 10), fpirs=(0.01, 0.1))
-    return out
-
-
-def _ijbc_1n_rows(r: dict[str, dict[str, Any]], o: BenchmarkOptions) -> list[Row]:
+def _ijb_identification_rows(r: dict[str, dict[str, Any]], o: BenchmarkOptions) -> list[Row]:
     protocol = ("templates pooled as in 1:1; rank counts other-subject templates >= mate; "
                 "TPIR: threshold from non-mated top-1, alarm if s > t")
     rows = []
@@ -279,8 +291,8 @@ def _kinds() -> dict[str, BenchmarkKind]:
     kinds = [_pair_kind(n) for n in (*PROTOCOL_FOLD_SIZES, "pairs")]
     kinds += [
         BenchmarkKind("ytf", _ytf_load, _ytf_evaluate, _ytf_rows),
-        BenchmarkKind("ijbc", _ijbc_load, _ijbc_evaluate, _ijbc_rows, roc_title="IJB-C 1:1"),
-        BenchmarkKind("ijbc_1n", _ijbc_1n_load, _ijbc_1n_evaluate, _ijbc_1n_rows),
+        *(f(layout) for layout in (IJBC, IJBB)
+          for f in (_ijb_verification_kind, _ijb_identification_kind)),
         BenchmarkKind("megaface", _megaface_load, _megaface_evaluate, _megaface_rows),
     ]
     return {k.name: k for k in kinds}

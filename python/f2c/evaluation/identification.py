@@ -12,10 +12,12 @@ subject. A probe is *mated* when its subject has a gallery template, else *non-m
   TPIR = fraction of mated probes at rank 1 whose mate score is > ``t``.
 
 IJB-C 1:N inputs (see ``evaluation/README.md``): ``meta/ijbc_1N_gallery_G1.csv``,
-``meta/ijbc_1N_gallery_G2.csv``, ``meta/ijbc_1N_probe_mixed.csv`` with a header naming at least
-``TEMPLATE_ID``, ``SUBJECT_ID``, ``FILENAME`` (and optionally ``SIGHTING_ID`` or ``MEDIA_ID``
-as the medium; without one every image is its own medium). Templates are pooled exactly as in
-1:1 (:func:`f2c.evaluation.ijbc.pool_templates`).
+``meta/ijbc_1N_gallery_G2.csv``, ``meta/ijbc_1N_probe_mixed.csv``; IJB-B's are
+``meta/ijbb_1N_gallery_S1.csv``, ``meta/ijbb_1N_gallery_S2.csv``, ``meta/ijbb_1N_probe_mixed.csv``
+(:class:`f2c.evaluation.ijbc.IjbLayout`). Each has a header naming at least ``TEMPLATE_ID``,
+``SUBJECT_ID``, ``FILENAME`` (and optionally ``SIGHTING_ID`` or ``MEDIA_ID`` as the medium;
+without one every image is its own medium). Templates are pooled exactly as in 1:1
+(:func:`f2c.evaluation.ijbc.pool_templates`).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def identification_metrics(
 
 @dataclass
 class TemplateList:
-    """Rows of an IJB-C 1:N protocol CSV: one image each."""
+    """Rows of an IJB-B/C 1:N protocol CSV: one image each."""
 
     filenames: np.ndarray  # str [N]
     templates: np.ndarray  # int64 [N]
@@ -103,7 +105,7 @@ def read_template_csv(path: str | os.PathLike[str]) -> TemplateList:
     SIGHTING_ID or MEDIA_ID)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"IJB-C 1:N list not found: {path}")
+        raise FileNotFoundError(f"IJB 1:N list not found: {path}")
     try:
         df = pl.read_csv(path, infer_schema_length=10_000)
     except Exception as e:  # polars raises several error types for bad input

@@ -1,17 +1,18 @@
-"""IJB-C 1:1 template verification from insightface's meta files.
+"""IJB-B and IJB-C 1:1 template verification from insightface's meta files.
 
-Layout (see ``evaluation/README.md``)::
+Layout (see ``evaluation/README.md``; ``<p>`` is ``ijbc`` or ``ijbb``)::
 
-    <root>/meta/ijbc_face_tid_mid.txt         image_name template_id media_id   (one per image)
-    <root>/meta/ijbc_template_pair_label.txt  template_a template_b 1|0         (one per pair)
-    <root>/meta/ijbc_name_5pts_score.txt      image_name x1 y1 ... x5 y5 score  (optional)
-    <root>/images/<image_name>                aligned crops at the network's input size
+    <root>/meta/<p>_face_tid_mid.txt         image_name template_id media_id   (one per image)
+    <root>/meta/<p>_template_pair_label.txt  template_a template_b 1|0         (one per pair)
+    <root>/meta/<p>_name_5pts_score.txt      image_name x1 y1 ... x5 y5 score  (optional)
+    <root>/images/<image_name>               aligned crops at the network's input size
 
-Template feature = L2-normalise(Σ over the template's media of the mean of that medium's image
-features). Media are keyed by (template, media id), as in insightface. Pooling is two
-``index_add`` reductions; there is no per-template Python loop. Optional choices, each reported:
-L2-normalising image features before pooling (insightface's default keeps their norms), and
-weighting image features by the detector score.
+The two sets differ only in these names (and, for 1:N, in their gallery names:
+:class:`IjbLayout`). Template feature = L2-normalise(Σ over the template's media of the mean of
+that medium's image features). Media are keyed by (template, media id), as in insightface.
+Pooling is two ``index_add`` reductions; there is no per-template Python loop. Optional
+choices, each reported: L2-normalising image features before pooling (insightface's default
+keeps their norms), and weighting image features by the detector score.
 """
 
 from __future__ import annotations
@@ -29,19 +30,52 @@ import torch
 from f2c.evaluation.metrics import roc_curve, tar_at_fars
 
 __all__ = [
+    "IJBB",
+    "IJBC",
     "IJBC_FARS",
+    "IjbLayout",
     "IjbcMeta",
     "evaluate_ijbc_features",
     "pool_templates",
+    "read_ijb_meta",
     "read_ijbc_meta",
     "read_table",
     "score_template_pairs",
 ]
 
 IJBC_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-TID_MID = "meta/ijbc_face_tid_mid.txt"
-PAIRS = "meta/ijbc_template_pair_label.txt"
-SCORES = "meta/ijbc_name_5pts_score.txt"
+
+
+@dataclass(frozen=True)
+class IjbLayout:
+    """Where one IJB release keeps its protocol files (paths relative to its root)."""
+
+    title: str  # "IJB-C"
+    prefix: str  # "ijbc": meta files are meta/<prefix>_*
+    galleries: tuple[str, ...]  # 1:N gallery names: meta/<prefix>_1N_gallery_<name>.csv
+
+    @property
+    def tid_mid(self) -> str:
+        return f"meta/{self.prefix}_face_tid_mid.txt"
+
+    @property
+    def pairs(self) -> str:
+        return f"meta/{self.prefix}_template_pair_label.txt"
+
+    @property
+    def scores(self) -> str:
+        return f"meta/{self.prefix}_name_5pts_score.txt"
+
+    def gallery(self, name: str) -> str:
+        return f"meta/{self.prefix}_1N_gallery_{name}.csv"
+
+    @property
+    def probes(self) -> str:
+        return f"meta/{self.prefix}_1N_probe_mixed.csv"
+
+
+IJBC = IjbLayout("IJB-C", "ijbc", ("G1", "G2"))
+IJBB = IjbLayout("IJB-B", "ijbb", ("S1", "S2"))
 
 
 def _first_bad_line(path: Path, kinds: Sequence[str]) -> str:
@@ -69,7 +103,7 @@ def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.nd
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"IJB-C meta file not found: {path}")
+        raise FileNotFoundError(f"IJB meta file not found: {path}")
     dtypes = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
     schema = {f"c{i}": dtypes[k] for i, k in enumerate(kinds)}
     try:
@@ -85,6 +119,8 @@ def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.nd
 
 @dataclass
 class IjbcMeta:
+    """An IJB-B or IJB-C 1:1 protocol as read from its meta files."""
+
     image_names: np.ndarray  # str [N]
     templates: np.ndarray  # int64 [N]
     medias: np.ndarray  # int64 [N]
@@ -93,24 +129,32 @@ class IjbcMeta:
     same: np.ndarray  # bool [P]
     detector_scores: np.ndarray | None  # float64 [N], aligned with image_names
     root: str
+    layout: IjbLayout = IJBC
+
+
+def read_ijb_meta(root: str | os.PathLike[str], layout: IjbLayout = IJBC) -> IjbcMeta:
+    """Read the 1:1 meta files of ``layout`` under ``root``."""
+    root = Path(root)
+    tid_mid, pairs, score_file = root / layout.tid_mid, root / layout.pairs, root / layout.scores
+    names, tids, mids = read_table(tid_mid, ["str", "int", "int"])
+    a, b, label = read_table(pairs, ["int", "int", "int"])
+    if not np.isin(label, (0, 1)).all():
+        bad = int(np.flatnonzero(~np.isin(label, (0, 1)))[0])
+        raise ValueError(f"{pairs}:{bad + 1}: label must be 0 or 1, got {label[bad]}")
+    scores = None
+    if score_file.is_file():
+        cols = read_table(score_file, ["str"] + ["float"] * 11)
+        if not np.array_equal(cols[0], names):
+            raise ValueError(
+                f"{score_file}: image names differ from {tid_mid} (order or content)"
+            )
+        scores = cols[-1]
+    return IjbcMeta(names, tids, mids, a, b, label.astype(bool), scores, str(root), layout)
 
 
 def read_ijbc_meta(root: str | os.PathLike[str]) -> IjbcMeta:
-    root = Path(root)
-    names, tids, mids = read_table(root / TID_MID, ["str", "int", "int"])
-    a, b, label = read_table(root / PAIRS, ["int", "int", "int"])
-    if not np.isin(label, (0, 1)).all():
-        bad = int(np.flatnonzero(~np.isin(label, (0, 1)))[0])
-        raise ValueError(f"{root / PAIRS}:{bad + 1}: label must be 0 or 1, got {label[bad]}")
-    scores = None
-    if (root / SCORES).is_file():
-        cols = read_table(root / SCORES, ["str"] + ["float"] * 11)
-        if not np.array_equal(cols[0], names):
-            raise ValueError(
-                f"{root / SCORES}: image names differ from {root / TID_MID} (order or content)"
-            )
-        scores = cols[-1]
-    return IjbcMeta(names, tids, mids, a, b, label.astype(bool), scores, str(root))
+    """Read IJB-C's 1:1 meta files (:func:`read_ijb_meta` with :data:`IJBC`)."""
+    return read_ijb_meta(root, IJBC)
 
 
 def pool_templates(
@@ -256,7 +300,7 @@ def evaluate_ijbc_features(
         features, meta.templates, meta.medias, normalize_images=normalize_images, weights=weights
     )
     scores = score_template_pairs(
-        tids, tfeat, meta.pair_a, meta.pair_b, source=str(Path(meta.root) / PAIRS)
+        tids, tfeat, meta.pair_a, meta.pair_b, source=str(Path(meta.root) / meta.layout.pairs)
     )
     exact = tar_at_fars(scores, meta.same, fars)
     roc = roc_curve(scores, meta.same, drop_intermediate=True)  # as insightface
