@@ -185,13 +185,30 @@ def test_roc_curve_matches_sklearn(discrete: bool, drop: bool) -> None:
     np.testing.assert_allclose(ours.thresholds[1:], thr[1:])
 
 
+def insightface_roc_nearest(scores: np.ndarray, same: np.ndarray, far: float) -> float:
+    """insightface's IJB rule, literally: sklearn's ROC, flipped ("select largest tpr at same
+    fpr"), then the first minimum of (|fpr - far|, index)."""
+    fpr, tpr, _ = sk_roc_curve(same, scores)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    _, i = min(zip(np.abs(fpr - far), range(len(fpr)), strict=True))
+    return float(tpr[i])
+
+
 @pytest.mark.parametrize("discrete", [False, True])
 def test_roc_nearest_matches_insightface(discrete: bool) -> None:
-    """insightface: fpr, tpr, _ = roc_curve(label, score); tpr[argmin(|fpr - far|)]."""
     rng = np.random.default_rng(5)
     scores, same = make_pairs(rng, 2000, discrete)
     fars = [1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5]
-    fpr, tpr, _ = sk_roc_curve(same, scores)
-    expected = [float(tpr[np.argmin(np.abs(fpr - f))]) for f in fars]
+    expected = [insightface_roc_nearest(scores, same, f) for f in fars]
     assert tar_at_far_roc_nearest(scores, same, fars) == pytest.approx(expected)
     assert tar_at_far_roc_nearest(scores, same, 0.01) == pytest.approx(expected[2])
+
+
+def test_roc_nearest_takes_the_largest_tpr_among_equally_near_points() -> None:
+    # ROC (0,0) (.5,0) (.5,1) (1,1): at FAR .5 the vertical step's top, not its foot
+    scores, same = np.array([0.9, 0.8, 0.7, 0.1]), np.array([0, 1, 1, 0], dtype=bool)
+    assert tar_at_far_roc_nearest(scores, same, 0.5) == 1.0
+    assert insightface_roc_nearest(scores, same, 0.5) == 1.0
+    # FAR .25 is as near to FPR 0 as to FPR .5: the later point wins there too
+    assert tar_at_far_roc_nearest(scores, same, 0.25) == 1.0
+    assert insightface_roc_nearest(scores, same, 0.25) == 1.0

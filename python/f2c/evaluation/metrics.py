@@ -178,8 +178,12 @@ class RocCurve:
     thresholds: np.ndarray  # point i accepts scores >= thresholds[i]; thresholds[0] = +inf
 
     def tar_nearest(self, fars: Sequence[float]) -> list[float]:
-        """TPR at the point whose FPR is nearest to each FAR (the first such point on ties)."""
-        return [float(self.tpr[int(np.argmin(np.abs(self.fpr - f)))]) for f in fars]
+        """TPR at the point whose FPR is nearest to each FAR; among equally near points the
+        last one, which has the largest TPR (insightface flips the curve before its argmin,
+        so the top of a vertical step wins over its foot)."""
+        last = len(self.fpr) - 1
+        rev = self.fpr[::-1]
+        return [float(self.tpr[last - int(np.argmin(np.abs(rev - f)))]) for f in fars]
 
 
 def roc_curve(
@@ -212,12 +216,14 @@ def roc_curve(
 def tar_at_far_roc_nearest(
     scores: npt.ArrayLike, same: npt.ArrayLike, fars: Sequence[float] | float
 ) -> list[float] | float:
-    """TAR at the ROC point whose FPR is nearest to each FAR (first such point on ties).
+    """TAR at the ROC point whose FPR is nearest to each FAR (the largest TPR on ties).
 
-    This reproduces insightface's IJB scripts (``argmin |fpr - far|`` over sklearn's
-    ``roc_curve`` with its default ``drop_intermediate=True``, which removes collinear points and
-    so can change which point is nearest). It can pick a point whose FPR exceeds ``far``. Kept
-    for comparability; prefer the exact :func:`tar_at_far`.
+    This reproduces insightface's IJB scripts: sklearn's ``roc_curve`` with its default
+    ``drop_intermediate=True`` (which removes collinear points and so can change which point is
+    nearest), flipped, then ``argmin |fpr - far|`` — so among equally near points the one with
+    the largest TPR is taken (e.g. scores ``[.9, .8, .7, .1]``, labels ``[0, 1, 1, 0]``, FAR .5
+    gives 1.0, not 0.0). It can pick a point whose FPR exceeds ``far``. Kept for comparability;
+    prefer the exact :func:`tar_at_far`.
     """
     single = isinstance(fars, (int, float))
     far_list = [float(fars)] if single else [float(f) for f in fars]  # type: ignore[union-attr]
