@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,92 @@ def test_hostile_bin_is_refused(tmp_path: Path, payload, message: str, protocol:
     with pytest.raises(ValueError, match=rf"evil.bin.*({message})"):
         load_bin(bad)
     assert not marker.exists()
+
+
+def numpy1_names(data: bytes) -> bytes:
+    """The same pickle as numpy 1.x writes it (``numpy.core.*`` for ``numpy._core.*``)."""
+    for sub in (b"multiarray", b"numeric"):
+        new, old = b"numpy.core." + sub, b"numpy._core." + sub
+        data = data.replace(old + b"\n", new + b"\n")  # GLOBAL (protocol <= 3)
+        data = data.replace(bytes([0x8C, len(old)]) + old, bytes([0x8C, len(new)]) + new)
+    return pickletools.optimize(data)  # recomputes the frame lengths (protocol >= 4)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("numpy1", [False, True])
+@pytest.mark.parametrize("writeable", [False, True])
+def test_bin_of_numpy_uint8_arrays(
+    tmp_path: Path, pair_dir: tuple[Path, list], protocol: int, numpy1: bool, writeable: bool
+) -> None:
+    """insightface's current pack builder stores each image as a 1-D uint8 numpy array."""
+    path, rows = pair_dir
+    blobs = [(path.parent / x).read_bytes() for a, b, _ in rows for x in (a, b)]
+    arrays = [np.array(bytearray(b), np.uint8) if writeable else np.frombuffer(b, np.uint8)
+              for b in blobs]
+    data = pickle.dumps((arrays, [bool(s) for _, _, s in rows]), protocol=protocol)
+    if numpy1:
+        data = numpy1_names(data)
+    spelled = b"numpy.core." if numpy1 else b"numpy._core."
+    assert spelled + (b"numeric" if protocol == 5 else b"multiarray") in data
+    with warnings.catch_warnings():  # numpy 2 reads numpy 1's names with a deprecation warning
+        warnings.simplefilter("ignore")
+        assert all(np.array_equal(x, y) for x, y in zip(pickle.loads(data)[0], arrays,
+                                                         strict=True))
+    bin_path = tmp_path / "np.bin"
+    bin_path.write_bytes(data)
+    ps = load_bin(bin_path)
+    assert ps.images.blobs == blobs  # type: ignore[attr-defined]
+    a = evaluate_pairs(PixelNet(), bin_path, flip=False)
+    b = evaluate_pairs(PixelNet(), path, flip=False)
+    assert a["fold_accuracies"] == b["fold_accuracies"]
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ([np.zeros((2, 3), np.uint8)], r"shape \(2, 3\)"),
+        ([np.zeros(3, np.float32)], "dtype 'f4'"),
+        ([np.zeros(3, np.int16)], "dtype 'i2'"),
+        ([np.zeros(3, ">u2")], "dtype 'u2'"),
+        ([np.array([b"ab"], dtype=object)], "dtype 'O8'"),
+        ([np.zeros(2, [("a", "u1")])], "dtype 'V1'"),
+        ([_Reduce(np.load, ("x.npy",))], "numpy.load"),
+        ([_Reduce(np.frombuffer, (b"ab", np.uint8))], "numpy.frombuffer"),
+        ([_Reduce(np._core.multiarray._reconstruct, (np.ndarray, (2,), b"b"))],
+         "_reconstruct of anything but an empty ndarray"),
+        ([_Reduce(np._core.multiarray._reconstruct, (np.matrix, (0,), b"b"))], "numpy.matrix"),
+    ],
+)
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_numpy_bin_allows_only_1d_uint8(
+    tmp_path: Path, images: list, message: str, protocol: int
+) -> None:
+    bad = tmp_path / "evil.bin"
+    bad.write_bytes(pickle.dumps((images + [b"x"], [True]), protocol=protocol))
+    with pytest.raises(ValueError, match=rf"evil.bin.*{message}"):
+        load_bin(bad)
+
+
+def test_numpy_array_state_is_checked(tmp_path: Path) -> None:
+    """A hand-made _reconstruct whose state lies about its length, or sets its state twice."""
+    arr = np.frombuffer(b"abcd", np.uint8)
+    fn, args, state = arr.__reduce__()
+    lying = (state[0], (9,), *state[2:])
+    bad = tmp_path / "evil.bin"
+    bad.write_bytes(pickle.dumps(([_State(fn, args, lying), b"x"], [True]), protocol=2))
+    with pytest.raises(ValueError, match=r"evil.bin.*shape \(9,\) over 4 bytes"):
+        load_bin(bad)
+    bad.write_bytes(pickle.dumps(([_State(fn, args, (state, state)), b"x"], [True]), protocol=2))
+    with pytest.raises(ValueError, match=r"evil.bin.*not \(shape, dtype, order, data\)"):
+        load_bin(bad)
+
+
+class _State:
+    def __init__(self, fn: object, args: tuple, state: object) -> None:
+        self.reduced = (fn, args, state)
+
+    def __reduce__(self) -> tuple:
+        return self.reduced
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ Two input forms:
   are skipped.
 * an insightface **``.bin`` pack**: a pickle of ``(list of encoded images, list of bool)``;
   pair ``i`` is images ``2i`` and ``2i + 1``. It is read with a restricted unpickler that
-  builds only bytes, bool, int, list and tuple — no class or function is ever imported.
+  builds only bytes (or 1-D uint8 arrays, as bytes), bool, int, list and tuple — no class or
+  function is ever imported (:mod:`f2c.evaluation.binpack`).
 
 Pairs stay in file order and are split into 10 contiguous folds whose size the protocol
 fixes (600 pairs; 700 for CFP).
@@ -15,9 +16,7 @@ fixes (600 pairs; 700 for CFP).
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from f2c.evaluation.binpack import read_bin
 from f2c.evaluation.features import Embedder, EncodedImages, ImageFiles, ImageSource
 from f2c.evaluation.metrics import kfold_evaluate, tar_at_fars
 
@@ -122,69 +122,10 @@ def read_pairs_file(
 # ---------------------------------------------------------------- .bin packs
 
 
-def _latin1_encode(text: Any, encoding: Any = "latin1", errors: Any = "strict") -> bytes:
-    # Python 3 pickles bytes at protocol <= 2 as _codecs.encode(str, 'latin1'); only that
-    # exact, side-effect-free use is allowed.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise pickle.UnpicklingError("_codecs.encode is only allowed as (str, 'latin1')")
-    return text.encode("latin1")
-
-
-class _BinUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        raise pickle.UnpicklingError(
-            f"{self.source}: refusing to load {module}.{name}: a .bin pack may only contain "
-            f"bytes, bool, int, list and tuple"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f"{self.source}: persistent ids are not allowed in a .bin")
-
-
-def _check_bin_structure(obj: Any, source: str) -> tuple[list[bytes], list[bool]]:
-    def refuse(what: str) -> ValueError:
-        return ValueError(f"{source}: not an insightface .bin pack: {what}")
-
-    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise refuse(f"expected a pair (images, issame), got {type(obj).__name__}")
-    blobs, issame = obj
-    if not isinstance(blobs, (list, tuple)) or not isinstance(issame, (list, tuple)):
-        raise refuse("images and issame must be lists")
-    for i, b in enumerate(blobs):
-        if not isinstance(b, (bytes, bytearray)):
-            raise refuse(f"image {i} is a {type(b).__name__}, not bytes")
-    flags: list[bool] = []
-    for i, f in enumerate(issame):
-        if isinstance(f, bool) or (isinstance(f, int) and f in (0, 1)):
-            flags.append(bool(f))
-        else:
-            raise refuse(f"issame[{i}] is {f!r}, not a bool")
-    if len(blobs) != 2 * len(flags):
-        raise refuse(f"{len(blobs)} images for {len(flags)} pairs (expected two per pair)")
-    if not flags:
-        raise refuse("no pairs")
-    return [bytes(b) for b in blobs], flags
-
-
 def load_bin(path: str | os.PathLike[str], *, image_size: int | None = None) -> PairSet:
     """Read an insightface ``.bin`` pack safely (see the module docstring)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            obj = _BinUnpickler(f, str(path)).load()  # type: ignore[arg-type]
-    except FileNotFoundError:
-        raise FileNotFoundError(f".bin pack not found: {path}") from None
-    except pickle.UnpicklingError as e:
-        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
-    except (EOFError, AttributeError, IndexError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: corrupt or truncated pickle: {e}") from e
-    blobs, flags = _check_bin_structure(obj, str(path))
+    blobs, flags = read_bin(path)
     n = len(flags)
     return PairSet(
         images=EncodedImages(blobs, ids=[f"{path.name}#{i}" for i in range(2 * n)],
