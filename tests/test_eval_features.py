@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,48 @@ def test_store_roundtrip_and_cache(tmp_path: Path, images: np.ndarray) -> None:
         load_features(stem)
     with pytest.raises(FileNotFoundError, match="manifest"):
         load_features(tmp_path / "missing")
+
+
+def test_store_is_keyed_on_content(tmp_path: Path, images: np.ndarray) -> None:
+    """The same ids with other pixels must never be served the stored features."""
+    net = PixelNet()
+    stem = tmp_path / "feats" / "set"
+    blobs = []
+    for i, img in enumerate(images):
+        save_png(img, tmp_path / f"{i}.png")
+        blobs.append((tmp_path / f"{i}.png").read_bytes())
+    ids = [f"set.bin#{i}" for i in range(len(blobs))]
+    first = cached_features(stem, net, EncodedImages(blobs, ids), model_id="m")
+    other = blobs[::-1]  # same ids and count, other content
+    got = cached_features(stem, net, EncodedImages(other, ids), model_id="m")
+    np.testing.assert_allclose(got, first[::-1], rtol=1e-6)
+    # files: replaced under the same name (a new inode), or rewritten in place
+    files = ImageFiles([tmp_path / f"{i}.png" for i in range(len(images))])
+    before = cached_features(stem, net, files, model_id="m")
+    calls = net.calls
+    cached_features(stem, net, files, model_id="m")
+    assert net.calls == calls  # unchanged files: re-used
+    save_png(images[1], tmp_path / "new.png")
+    os.replace(tmp_path / "new.png", tmp_path / "0.png")
+    after = cached_features(stem, net, files, model_id="m")
+    np.testing.assert_allclose(after[0], before[1], rtol=1e-6)
+    (tmp_path / "2.png").write_bytes(blobs[3] + b"\0" * 7)  # a size the old file cannot have
+    after = cached_features(stem, net, files, model_id="m")
+    np.testing.assert_allclose(after[2], before[3], rtol=1e-6)
+    manifest = json.loads((tmp_path / "feats" / "set.json").read_text())
+    assert manifest["content"].startswith("stat:")
+
+
+def test_source_without_fingerprint_is_not_stored(tmp_path: Path, images: np.ndarray) -> None:
+    class Plain:
+        def __len__(self) -> int:
+            return len(images)
+
+        def ids(self) -> list[str]:
+            return [str(i) for i in range(len(images))]
+
+        def load(self, index: int) -> np.ndarray:
+            return images[index]
+
+    cached_features(tmp_path / "f", PixelNet(), Plain(), model_id="m")  # type: ignore[arg-type]
+    assert not (tmp_path / "f.npy").exists()

@@ -91,6 +91,9 @@ def test_template_csv(tmp_path: Path) -> None:
         read_template_csv(p)
     with pytest.raises(FileNotFoundError, match="1:N list not found"):
         read_template_csv(tmp_path / "none.csv")
+    p.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n")
+    with pytest.raises(ValueError, match=r"g.csv: no rows after the header"):
+        read_template_csv(p)
 
 
 def test_cli_ijbc_1n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,3 +142,50 @@ def test_meta_errors_name_file_and_line(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="image names differ"):
         read_ijbc_meta(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("b.jpg  2 1", "a leading, trailing or doubled space"),
+        ("b.jpg 2 1 ", "a leading, trailing or doubled space"),
+        (" b.jpg 2 1", "a leading, trailing or doubled space"),
+        ("b.jpg\t2 1", "a tab"),
+        ("b\t.jpg 2 1", "a tab"),  # polars alone would read this name with its tab
+        ('"b.jpg" 2 1', "a quote"),  # CSV quoting would silently strip these
+        ("b.jpg '2' 1", "a quote"),
+        ("", "empty line"),
+    ],
+)
+def test_meta_with_stray_whitespace_or_quotes_names_the_line(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    write_meta(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], [1, 2, 2], [1, 1, 1], [(1, 2, 0)])
+    tid_mid = tmp_path / "meta/ijbc_face_tid_mid.txt"
+    tid_mid.write_text(f"a.jpg 1 1\n{line}\nc.jpg 2 1\n")
+    with pytest.raises(ValueError, match=rf"ijbc_face_tid_mid.txt:2: {problem}"):
+        read_ijbc_meta(tmp_path)
+    tid_mid.write_text("a.jpg 1 1\r\nb.jpg 2 1\r\n")  # CRLF line ends are fine
+    assert read_ijbc_meta(tmp_path).image_names.tolist() == ["a.jpg", "b.jpg"]
+    tid_mid.write_text("")
+    with pytest.raises(ValueError, match="ijbc_face_tid_mid.txt: no rows"):
+        read_ijbc_meta(tmp_path)
+
+
+def test_detector_scores_checked(tmp_path: Path) -> None:
+    names, tids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [1, 1, 2, 3]
+    write_meta(tmp_path, names, tids, [1, 2, 1, 1], [(1, 2, 1), (1, 3, 0), (2, 3, 0)],
+               scores=[0.5, -0.1, 0.7, 0.9])
+    with pytest.raises(ValueError, match=r"ijbc_name_5pts_score.txt:2: detector score -0.1"):
+        read_ijbc_meta(tmp_path)
+    feats = np.eye(4, dtype=np.float32)
+    write_meta(tmp_path, names, tids, [1, 2, 1, 1], [(1, 2, 1), (1, 3, 0), (2, 3, 0)],
+               scores=[0.0, 0.0, 0.0, 0.0])
+    meta = read_ijbc_meta(tmp_path)
+    with pytest.raises(ValueError, match=r"ijbc_name_5pts_score.txt: every detector score is 0"):
+        evaluate_ijbc_features(feats, meta, fars=(0.5,))
+    assert evaluate_ijbc_features(feats, meta, fars=(0.5,), use_detector_scores=False)["pairs"] == 3
+    write_meta(tmp_path, names, tids, [1, 2, 1, 1], [(1, 2, 1), (1, 3, 0), (2, 3, 0)],
+               scores=[0.5, 0.5, 0.0, 0.9])
+    with pytest.warns(UserWarning, match="1 template.* only zero detector scores"):
+        evaluate_ijbc_features(feats, read_ijbc_meta(tmp_path), fars=(0.5,))

@@ -182,6 +182,11 @@ def test_errors() -> None:
         megaface_evaluate(probes, np.zeros(4), probes, fars=(1.5,))
     with pytest.raises(ValueError, match="ranks"):
         megaface_evaluate(probes, np.zeros(4), probes, ranks=0)
+    for tile in (0, -3):  # range(0, m, 0) would fail with an unrelated message
+        with pytest.raises(ValueError, match=f"tile must be at least 1 distractor, got {tile}"):
+            megaface_evaluate(probes, np.zeros(4), probes, tile=tile)
+        with pytest.raises(ValueError, match="tile must be at least 1"):
+            stream_topk(torch.from_numpy(probes), probes, k=1, tile=tile)
     huge = np.zeros((1, 4), np.float32)
     with pytest.raises(ValueError, match="use a smaller FAR"):  # checked before any scoring
         megaface_evaluate(probes, np.zeros(4), np.broadcast_to(huge, (20_000_000, 4)), fars=(1.0,))

@@ -6,6 +6,7 @@ import os
 import pickle
 import pickletools
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -254,6 +255,35 @@ def test_malformed_bin_structure(tmp_path: Path, obj: object, message: str) -> N
     bad.write_bytes(pickle.dumps(obj))
     with pytest.raises(ValueError, match=rf"odd.bin: .*{message}"):
         load_bin(bad)
+
+
+def refused_fast(data: bytes, path: Path, message: str) -> None:
+    """A ~1 MB hostile pack is refused with ``message`` within seconds (no 20 GiB expansion)."""
+    assert len(data) < 1.2 * 2**20
+    path.write_bytes(data)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"{path.name}.*{message}"):
+        load_bin(path)
+    assert time.perf_counter() - start < 5
+
+
+def test_bin_that_repeats_one_image_fails_fast(tmp_path: Path) -> None:
+    """A 1 MB pickle naming one 1 MiB buffer 20,000 times would expand to 20 GiB."""
+    big = bytearray(1 << 20)
+    for images in ([big] * 20_000, [np.frombuffer(bytes(big), np.uint8)] * 20_000):
+        refused_fast(pickle.dumps((images, [True] * 10_000), protocol=5), tmp_path / "bomb.bin",
+                     "image 1 is the same object as image 0")
+
+
+def test_bin_that_expands_one_string_fails_fast(tmp_path: Path) -> None:
+    """Protocol 2 bytes are _codecs.encode(str, 'latin1'); each call copies its string."""
+    text = pickle.dumps("x" * (1 << 20), protocol=2)[2:-1]  # the BINUNICODE of a 1 MiB str
+    # memo 1 = _codecs.encode, 2 = the string, 3 = 'latin1' (each popped); then the image list
+    head = (b"\x80\x02c_codecs\nencode\nq\x010" + text + b"q\x020"
+            + b"X\x06\x00\x00\x00latin1q\x030]")
+    one = b"h\x01h\x02h\x03\x86Ra"  # images.append(encode(str, 'latin1'))
+    refused_fast(head + one * 20_000 + b"]\x88a\x86.", tmp_path / "bomb.bin",  # (images, [True])
+                 r"_codecs.encode built \d+ bytes, more than")
 
 
 def test_truncated_and_missing_bin(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,14 @@ from eval_support import (
 
 import f2c.evaluate as cli
 from f2c.evaluation.benchmarks import BENCHMARKS, benchmark_kind
-from f2c.evaluation.report import SCHEMA, ResultTable, plot_roc, to_markdown, write_csv
+from f2c.evaluation.report import (
+    SCHEMA,
+    ResultTable,
+    plot_roc,
+    to_markdown,
+    write_csv,
+    write_results,
+)
 
 
 def test_table_schema_csv_and_markdown(tmp_path: Path) -> None:
@@ -103,6 +111,56 @@ def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
     df3 = cli.main([*args, "--net", "gallery", "--no-flip"])
     assert df3.height == 2 * df.height
     assert set(df3["model"]) == {"ckpt/probe", "ckpt/gallery"}
+
+
+def test_pack_replaced_in_place_is_embedded_again(tmp_path: Path, tiny_models: None) -> None:
+    """Two different packs under one name, evaluated into one --out: each gets its own
+    accuracy (the feature store is keyed on content, not on the file name)."""
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    pairs, rows = write_pair_set(tmp_path / "synth")
+    blobs = [(pairs.parent / x).read_bytes() for a, b, _ in rows for x in (a, b)]
+    labels = [bool(s) for _, _, s in rows]
+    shuffled = [blobs[i] for i in np.random.default_rng(0).permutation(len(blobs))]
+    pack = tmp_path / "data" / "pairs.bin"
+    pack.parent.mkdir()
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--benchmark", f"pairs={pack}"]
+    accuracy = {}
+    for name, images in (("A", blobs), ("B", shuffled)):
+        pack.write_bytes(pickle.dumps((images, labels)))
+        accuracy[name] = cli.main(args)["value"][0]
+        fresh = cli.main([*args, "--no-feature-cache", "--out", str(tmp_path / f"fresh{name}")])
+        assert accuracy[name] == fresh["value"][0]
+    assert accuracy["A"] > 0.8 and accuracy["B"] < accuracy["A"] - 0.2
+
+
+def test_results_are_replaced_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = ResultTable()
+    t.add(model="m", benchmark="lfw", metric="accuracy", value=0.99)
+    write_results(tmp_path, t.frame())
+    before = (tmp_path / "results.csv").read_text(), (tmp_path / "results.md").read_text()
+
+    def cut_off(self: pl.DataFrame, path: Path) -> None:
+        Path(path).write_text("model,benchmark,metric,val")  # a crash mid-row
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pl.DataFrame, "write_csv", cut_off)
+    t.add(model="m", benchmark="cfp_fp", metric="accuracy", value=0.9)
+    with pytest.raises(OSError, match="disk full"):
+        write_results(tmp_path, t.frame())
+    assert ((tmp_path / "results.csv").read_text(), (tmp_path / "results.md").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.md"]
+
+
+def test_cli_refuses_non_positive_sizes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for option in ("--tile", "--ranks", "--batch-size"):
+        with pytest.raises(SystemExit):
+            cli.main(["--checkpoint", "c.pt", "--out", str(tmp_path), "--benchmark",
+                      f"megaface={tmp_path}", option, "0"])
+        assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_benchmark_table_lookup() -> None:

@@ -15,8 +15,13 @@ int, list, tuple, …) and, from the globals a pack may name, only these stand-i
   (protocol 5); the result is the raw bytes, never a numpy object.
 
 Every other global (``os.system``, ``numpy.load``, another dtype, a 2-D shape, …) is refused
-with an error naming the file and the global, before anything runs. An array may hold at most
-as many bytes as the file has.
+with an error naming the file and the global, before anything runs.
+
+Sizes are bounded by the file's: a pickle can name one object many times (its memo), so a
+1 MB file could otherwise list one 1 MiB image 20,000 times and expand to 20 GiB when the
+images are copied. Bytes built by ``_codecs.encode`` may not add up to more than the file size,
+an image listed twice as the same object is refused, and the images together may not hold more
+bytes than the file — all checked before any image is copied.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ class _BinUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase, source: str, limit: int) -> None:
         super().__init__(file, encoding="bytes")
         self.source = source
-        self.limit = limit  # most bytes one array may hold
+        self.limit = limit  # most bytes one array may hold: the file size
+        self.encoded = 0  # bytes built by _codecs.encode so far (each call makes a new copy)
 
     def find_class(self, module: str, name: str) -> Any:
         # bound methods: a pickle cannot set attributes on them (BUILD) as on a function
@@ -118,6 +124,12 @@ class _BinUnpickler(pickle.Unpickler):
         # exact, side-effect-free use is allowed.
         if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
             raise pickle.UnpicklingError("_codecs.encode is only allowed as (str, 'latin1')")
+        self.encoded += len(text)
+        if self.encoded > self.limit:
+            raise pickle.UnpicklingError(
+                f"_codecs.encode built {self.encoded} bytes, more than the file's {self.limit} "
+                f"(one string expanded many times)"
+            )
         return text.encode("latin1")
 
     def _dtype(self, obj: Any, align: Any = False, copy: Any = False) -> _Uint8Dtype:
@@ -136,7 +148,7 @@ class _BinUnpickler(pickle.Unpickler):
         return _Uint8Array(_checked_buffer(buf, dtype, shape, self.limit), self.limit)
 
 
-def _check_structure(obj: Any, source: str) -> tuple[list[bytes], list[bool]]:
+def _check_structure(obj: Any, source: str, limit: int) -> tuple[list[bytes], list[bool]]:
     def refuse(what: str) -> ValueError:
         return ValueError(f"{source}: not an insightface .bin pack: {what}")
 
@@ -146,11 +158,20 @@ def _check_structure(obj: Any, source: str) -> tuple[list[bytes], list[bool]]:
     if not isinstance(blobs, (list, tuple)) or not isinstance(issame, (list, tuple)):
         raise refuse("images and issame must be lists")
     images: list[bytes | bytearray] = []
+    first_use: dict[int, int] = {}  # id of an image's buffer -> its first index
+    total = 0
     for i, b in enumerate(blobs):
         if isinstance(b, _Uint8Array) and b.data is not None:
             b = b.data
         if not isinstance(b, (bytes, bytearray)):
             raise refuse(f"image {i} is a {type(b).__name__}, not bytes")
+        # CPython shares the 0- and 1-byte bytes objects; no image is that short anyway
+        if len(b) > 1 and first_use.setdefault(id(b), i) != i:
+            raise refuse(f"image {i} is the same object as image {first_use[id(b)]} "
+                         f"(a shared reference; each image must be stored once)")
+        total += len(b)
+        if total > limit:
+            raise refuse(f"the images hold more than the file's {limit} bytes")
         images.append(b)
     flags: list[bool] = []
     for i, f in enumerate(issame):
@@ -179,4 +200,4 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], list[bool]]:
         raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
     except (EOFError, AttributeError, IndexError, TypeError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: corrupt or truncated pickle: {e}") from e
-    return _check_structure(obj, str(path))
+    return _check_structure(obj, str(path), size)

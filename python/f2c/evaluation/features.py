@@ -8,10 +8,11 @@ L2-normalised); each benchmark normalises where its protocol says so.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +37,18 @@ __all__ = [
     "save_features",
 ]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: manifests record the images' content fingerprint
 
 
 class ImageSource(Protocol):
-    """Anything with a length, a stable id per image, and a loader returning uint8 RGB HxWx3."""
+    """Anything with a length, a stable id per image, a fingerprint of the content, and a loader
+    returning uint8 RGB HxWx3."""
 
     def __len__(self) -> int: ...
 
     def ids(self) -> list[str]: ...
+
+    def fingerprint(self) -> str: ...
 
     def load(self, index: int) -> np.ndarray: ...
 
@@ -69,8 +73,37 @@ def require_files(paths: Sequence[Path], what: str, hint: str = "") -> None:
         raise FileNotFoundError(f"{what} not found: {missing}" + (f" ({hint})" if hint else ""))
 
 
-class ImageFiles:
-    """Images on disk (any format PIL reads), optionally resized to ``image_size`` squares."""
+class _Listed:
+    """Images known by one id each (the ids name rows in the feature store)."""
+
+    def __init__(self, count: int, ids: Sequence[Any] | None, what: str) -> None:
+        self._ids = [str(i) for i in (range(count) if ids is None else ids)]
+        if len(self._ids) != count:
+            raise ValueError(f"{count} {what} but {len(self._ids)} ids")
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+
+def _digest(chunks: Iterable[bytes]) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for c in chunks:
+        h.update(len(c).to_bytes(8, "little"))  # lengths too: chunk boundaries are content
+        h.update(c)
+    return h.hexdigest()
+
+
+class ImageFiles(_Listed):
+    """Images on disk (any format PIL reads), optionally resized to ``image_size`` squares.
+
+    The fingerprint is taken from each file's metadata, not its bytes (hashing a million
+    images would cost as much as reading them): path, size, mtime_ns, ctime_ns, inode and
+    device. Replacing a file (a new inode) or writing it (new ctime) changes it; only a
+    rewrite that keeps the size within one timestamp tick of the file system would not.
+    """
 
     def __init__(
         self,
@@ -79,16 +112,20 @@ class ImageFiles:
         image_size: int | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
-        self._ids = [str(p) for p in paths] if ids is None else [str(i) for i in ids]
-        if len(self._ids) != len(self.paths):
-            raise ValueError(f"{len(self.paths)} paths but {len(self._ids)} ids")
+        super().__init__(len(self.paths), [str(p) for p in paths] if ids is None else ids,
+                         "paths")
         self.image_size = image_size
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def fingerprint(self) -> str:
+        def stat(p: Path) -> bytes:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image not found: {p}") from None
+            fields = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+            return f"{p}|{fields}".encode(errors="surrogateescape")
 
-    def ids(self) -> list[str]:
-        return self._ids
+        return "stat:" + _digest(stat(p) for p in self.paths)
 
     def load(self, index: int) -> np.ndarray:
         path = self.paths[index]
@@ -101,23 +138,19 @@ class ImageFiles:
             raise OSError(f"{path}: cannot decode image: {e}") from e
 
 
-class EncodedImages:
-    """Encoded images held in memory (e.g. the JPEG bytes of an insightface ``.bin`` pack)."""
+class EncodedImages(_Listed):
+    """Encoded images held in memory (e.g. the JPEG bytes of an insightface ``.bin`` pack);
+    the fingerprint hashes every byte."""
 
     def __init__(
         self, blobs: Sequence[bytes], ids: Sequence[str], image_size: int | None = None
     ) -> None:
-        if len(blobs) != len(ids):
-            raise ValueError(f"{len(blobs)} images but {len(ids)} ids")
+        super().__init__(len(blobs), ids, "images")
         self.blobs = blobs
-        self._ids = [str(i) for i in ids]
         self.image_size = image_size
 
-    def __len__(self) -> int:
-        return len(self.blobs)
-
-    def ids(self) -> list[str]:
-        return self._ids
+    def fingerprint(self) -> str:
+        return "blake2b:" + _digest(self.blobs)
 
     def load(self, index: int) -> np.ndarray:
         try:
@@ -127,24 +160,20 @@ class EncodedImages:
             raise OSError(f"{self._ids[index]}: cannot decode image: {e}") from e
 
 
-class ArrayImages:
-    """A uint8 ``[N, H, W, 3]`` array already in memory."""
+class ArrayImages(_Listed):
+    """A uint8 ``[N, H, W, 3]`` array already in memory; the fingerprint hashes its pixels."""
 
     def __init__(self, images: np.ndarray, ids: Sequence[str] | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"expected uint8 [N, H, W, 3], got {images.dtype} {tuple(images.shape)}"
             )
+        super().__init__(len(images), ids, "images")
         self.images = images
-        self._ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
-        if len(self._ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(self._ids)} ids")
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def ids(self) -> list[str]:
-        return self._ids
+    def fingerprint(self) -> str:
+        shape = str(self.images.shape).encode()
+        return "blake2b:" + _digest([shape, np.ascontiguousarray(self.images).tobytes()])
 
     def load(self, index: int) -> np.ndarray:
         return self.images[index]
@@ -306,12 +335,20 @@ def cached_features(
 ) -> np.ndarray:
     """Features for ``images``, re-used from ``<stem>.npy`` when its manifest matches.
 
-    A store matches when its image ids, ``model_id``, ``flip`` and ``extra`` (e.g. the image
-    size) are equal to this request's; otherwise the features are extracted and the store is
-    (re)written. ``stem=None`` disables the store.
+    A store matches when its image ids, the images' content fingerprint
+    (:meth:`ImageSource.fingerprint`: a hash of every byte for in-memory images such as a
+    ``.bin`` pack, the size, mtime_ns, ctime_ns and inode of every file for images on disk),
+    ``model_id``, ``flip`` and ``extra`` (e.g. the image size) are equal to this request's;
+    otherwise the features are extracted and the store is (re)written. So a pack replaced in
+    place by another of the same name is embedded again, never served the old features.
+    ``stem=None``, or a source without a ``fingerprint``, disables the store.
     """
+    fingerprint = getattr(images, "fingerprint", None)
+    if fingerprint is None:
+        stem = None
     want: dict[str, Any] = {
         "images": images.ids(),
+        "content": None if stem is None else fingerprint(),  # type: ignore[misc]
         "model": model_id,
         "flip": flip,
         "extra": extra or {},

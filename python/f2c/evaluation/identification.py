@@ -110,6 +110,8 @@ def read_template_csv(path: str | os.PathLike[str]) -> TemplateList:
         df = pl.read_csv(path, infer_schema_length=10_000)
     except Exception as e:  # polars raises several error types for bad input
         raise ValueError(f"{path}: not a readable CSV: {e}") from e
+    if df.height == 0:
+        raise ValueError(f"{path}: no rows after the header (an empty 1:N list)")
     cols = {c.strip().upper(): c for c in df.columns}
     missing = [c for c in ("TEMPLATE_ID", "SUBJECT_ID", "FILENAME") if c not in cols]
     if missing:

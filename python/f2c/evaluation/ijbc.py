@@ -18,6 +18,7 @@ keeps their norms), and weighting image features by the detector score.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,28 +79,47 @@ IJBC = IjbLayout("IJB-C", "ijbc", ("G1", "G2"))
 IJBB = IjbLayout("IJB-B", "ijbb", ("S1", "S2"))
 
 
+def _line_problem(line: str, kinds: Sequence[str]) -> str | None:
+    """What is wrong with one line of a meta table, or None. Fields are separated by exactly
+    one space and never quoted (insightface's files); anything else is refused rather than
+    guessed at, since a misread name or id would silently change the protocol."""
+    line = line.removesuffix("\n").removesuffix("\r")
+    if not line:
+        return "empty line"
+    if "\t" in line:
+        return f"a tab in {line!r} (fields are separated by single spaces)"
+    if '"' in line or "'" in line:
+        return f"a quote in {line!r} (fields are not quoted)"
+    parts = line.split(" ")
+    if "" in parts:
+        return f"a leading, trailing or doubled space in {line!r}"
+    if len(parts) != len(kinds):
+        return f"expected {len(kinds)} fields, got {len(parts)}: {line!r}"
+    for value, kind in zip(parts, kinds, strict=True):
+        try:
+            int(value) if kind == "int" else float(value) if kind == "float" else None
+        except ValueError:
+            return f"{value!r} is not an {kind}: {line!r}"
+    return None
+
+
 def _first_bad_line(path: Path, kinds: Sequence[str]) -> str:
     """Locate the first malformed line (slow path, only after the fast reader failed)."""
-    with open(path) as f:
+    lineno = 0
+    with open(path, newline="") as f:
         for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                return f"{path}:{lineno}: empty line"
-            if len(parts) != len(kinds):
-                return f"{path}:{lineno}: expected {len(kinds)} fields, got {line.strip()!r}"
-            for value, kind in zip(parts, kinds, strict=True):
-                try:
-                    int(value) if kind == "int" else float(value) if kind == "float" else None
-                except ValueError:
-                    return f"{path}:{lineno}: {value!r} is not an {kind}: {line.strip()!r}"
-    return f"{path}: unreadable table"
+            problem = _line_problem(line, kinds)
+            if problem is not None:
+                return f"{path}:{lineno}: {problem}"
+    return f"{path}: no rows" if lineno == 0 else f"{path}: unreadable table"
 
 
 def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.ndarray]:
-    """Read a space-separated table with columns of ``kinds`` ("str", "int", "float").
+    """Read a table with columns of ``kinds`` ("str", "int", "float"), separated by single
+    spaces, unquoted.
 
-    Fast (polars) on well-formed input; on a malformed file the error names the file and the
-    first bad line.
+    Fast (polars) on well-formed input; on a malformed file (a tab, a quote, a stray space, a
+    wrong field count or type, an empty line) the error names the file and the first bad line.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,13 +127,17 @@ def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.nd
     dtypes = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
     schema = {f"c{i}": dtypes[k] for i, k in enumerate(kinds)}
     try:
-        df = pl.read_csv(
-            path, separator=" ", has_header=False, schema=schema, truncate_ragged_lines=False
-        )
+        df = pl.read_csv(path, separator=" ", has_header=False, schema=schema, quote_char=None,
+                         truncate_ragged_lines=False)
     except Exception as e:  # polars raises several error types for bad input
         raise ValueError(_first_bad_line(path, kinds)) from e
-    if df.null_count().sum_horizontal().item():
+    text = [c for c, k in zip(schema, kinds, strict=True) if k == "str"]
+    if df.null_count().sum_horizontal().item() or any(
+        df[c].str.contains("[\t\"']").any() for c in text
+    ):
         raise ValueError(_first_bad_line(path, kinds))
+    if df.height == 0:
+        raise ValueError(f"{path}: no rows")
     return [df[c].to_numpy(writable=True) for c in schema]
 
 
@@ -149,6 +173,10 @@ def read_ijb_meta(root: str | os.PathLike[str], layout: IjbLayout = IJBC) -> Ijb
                 f"{score_file}: image names differ from {tid_mid} (order or content)"
             )
         scores = cols[-1]
+        bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
+        if len(bad):
+            raise ValueError(f"{score_file}:{bad[0] + 1}: detector score {scores[bad[0]]} is not "
+                             f"a finite number >= 0")
     return IjbcMeta(names, tids, mids, a, b, label.astype(bool), scores, str(root), layout)
 
 
@@ -280,6 +308,21 @@ def score_template_pairs(
     return out
 
 
+def _check_weights(weights: np.ndarray, meta: IjbcMeta) -> None:
+    """Detector scores that would zero whole templates: all zero is an error (every template
+    feature would be the zero vector), some templates at zero a warning."""
+    source = Path(meta.root) / meta.layout.scores
+    if not (weights > 0).any():
+        raise ValueError(f"{source}: every detector score is 0, so every weighted template "
+                         f"would be a zero vector; pass --ijb-no-detector-scores")
+    _, t_inv = np.unique(meta.templates, return_inverse=True)
+    zero = int((np.bincount(t_inv, weights=weights) == 0).sum())
+    if zero:
+        warnings.warn(f"{source}: {zero} template(s) have only zero detector scores; their "
+                      f"features are zero vectors and score 0 against every template",
+                      stacklevel=3)
+
+
 def evaluate_ijbc_features(
     features: np.ndarray | torch.Tensor,
     meta: IjbcMeta,
@@ -296,6 +339,8 @@ def evaluate_ijbc_features(
     ``keep_roc``, ``roc`` (fpr, tpr arrays for plotting).
     """
     weights = meta.detector_scores if use_detector_scores else None
+    if weights is not None:
+        _check_weights(weights, meta)
     tids, tfeat = pool_templates(
         features, meta.templates, meta.medias, normalize_images=normalize_images, weights=weights
     )

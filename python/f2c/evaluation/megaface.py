@@ -129,6 +129,8 @@ def megaface_evaluate(
         raise ValueError("no identity has two probe images: nothing to search for")
     if ranks < 1:
         raise ValueError(f"ranks must be at least 1, got {ranks}")
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 distractor, got {tile}")
     if any(not 0 <= f <= 1 for f in fars):
         raise ValueError(f"FARs must be in [0, 1], got {list(fars)}")
     m = len(distractors)

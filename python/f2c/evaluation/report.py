@@ -7,7 +7,7 @@ different runs stay comparable. Written as CSV and Markdown; ROC curves as PNG.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,24 @@ class ResultTable:
         return pl.DataFrame(self._rows, schema=SCHEMA, orient="row")
 
 
+def _replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file next to ``path``, flush it to disk, then rename it over
+    ``path``: a reader (or a crash) sees the old file or the new one, never a cut-off one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_csv(df: pl.DataFrame, path: str | os.PathLike[str]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    df.write_csv(path)
+    """``df`` as CSV, replacing ``path`` atomically."""
+    _replace_atomically(path, df.write_csv)
 
 
 def _cell(v: Any, column: str) -> str:
@@ -95,8 +110,9 @@ def to_markdown(df: pl.DataFrame) -> str:
 
 
 def write_markdown(df: pl.DataFrame, path: str | os.PathLike[str]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(to_markdown(df))
+    """:func:`to_markdown` of ``df``, replacing ``path`` atomically."""
+    text = to_markdown(df)
+    _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_results(out: str | os.PathLike[str], new: pl.DataFrame) -> pl.DataFrame:

@@ -175,6 +175,8 @@ def stream_topk(
     buffer is cut back to ``keep`` once it holds more than ``max(4·keep, min_buffer)``.
     ``ops`` forces the numpy or torch post-processing (default: numpy on CPU).
     """
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 gallery row, got {tile}")
     p, d = probes.shape
     m = len(gallery)
     if m == 0:
