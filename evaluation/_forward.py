@@ -15,4 +15,6 @@ def forward(kind: str, argv: Sequence[str] | None = None) -> None:
         sys.exit(f"usage: {sys.argv[0]} PATH --checkpoint CKPT --out DIR [f2c.evaluate options]\n"
                  f"(PATH is the {kind} data; see evaluation/README.md; "
                  f"`python -m f2c.evaluate --help` lists the options)")
-    main(["--benchmark", f"{kind}={args[0]}", *args[1:]])
+    status = main(["--benchmark", f"{kind}={args[0]}", *args[1:]])
+    if status:
+        sys.exit(status)

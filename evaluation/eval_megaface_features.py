@@ -13,16 +13,23 @@ DIR/results.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from f2c.cli import add_debug_option, run_cli
 from f2c.evaluation.benchmarks import BENCHMARKS, BenchmarkOptions, Loaded, add_rows
 from f2c.evaluation.megaface import DEFAULT_TILE, MegaFaceSet
 from f2c.evaluation.report import ResultTable, write_results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """0 when done; a user error prints one line and returns 2 (``--debug``: the traceback)."""
+    return run_cli("eval_megaface_features.py", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probes", type=Path, required=True)
@@ -34,7 +41,8 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=10)
     p.add_argument("--tile", type=int, default=DEFAULT_TILE)
     p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args()
+    add_debug_option(p)
+    a = p.parse_args(argv)
     probes = np.load(a.probes)
     ids = [ln.strip() for ln in a.probe_ids.read_text().splitlines() if ln.strip()]
     dis = np.load(a.distractors, mmap_mode="r")
@@ -49,7 +57,8 @@ def main() -> None:
     add_rows(table, kind, loaded, result, options, model=a.name, flip=None)
     write_results(a.out, table.frame())
     print((a.out / "results.md").read_text(), end="")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

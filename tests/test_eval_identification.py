@@ -103,7 +103,7 @@ def test_cli_ijbc_1n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = tmp_path / "c.pt"
     torch.save({"model": {"backbone": "pixel", "embedding_size": 16},
                 "probe": PixelNet(16).state_dict()}, ckpt)
-    df = cli.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+    df = cli.run(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                    "--benchmark", f"ijbc_1n={root}"])
     got = dict(zip(df["metric"], df["value"], strict=True))
     assert set(got) == {f"{g} {m}" for g in ("G1", "G2")

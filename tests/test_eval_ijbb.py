@@ -33,7 +33,7 @@ def run(ckpt: Path, out: Path, *benchmarks: str) -> pl.DataFrame:
     args = ["--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]
     for b in benchmarks:
         args += ["--benchmark", b]
-    return cli.main(args)
+    return cli.run(args)
 
 
 def by_metric(df: pl.DataFrame, benchmark: str) -> dict[str, float]:

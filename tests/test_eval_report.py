@@ -19,6 +19,7 @@ from eval_support import (
 )
 
 import f2c.evaluate as cli
+from f2c.cli import UserError
 from f2c.evaluation.benchmarks import BENCHMARKS, benchmark_kind
 from f2c.evaluation.report import (
     SCHEMA,
@@ -90,7 +91,7 @@ def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
     args = ["--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu",
             "--benchmark", f"pairs={pairs}", "--benchmark", f"ijbc={tmp_path / 'ijbc'}",
             "--benchmark", f"megaface={tmp_path / 'mf'}", "--ranks", "5"]
-    df = cli.main(args)
+    df = cli.run(args)
     got = {(r["benchmark"], r["metric"]): r for r in df.iter_rows(named=True)}
     assert got[("pairs", "accuracy")]["n"] == 60 and got[("pairs", "accuracy")]["std"] is not None
     assert ("ijbc", "tar@far=1e-04") in got and ("ijbc", "tar@far=1e-04 (roc-nearest)") in got
@@ -104,11 +105,11 @@ def test_cli_end_to_end(tmp_path: Path, tiny_models: None) -> None:
                                                  "megaface_distractors") for e in ("npy", "json"))
     # the same run again re-uses features and replaces (not duplicates) its rows;
     # the gallery net adds its own rows to the same table
-    df2 = cli.main(args)
+    df2 = cli.run(args)
     assert df2.height == df.height
     assert df2.sort(["benchmark", "metric"])["value"].to_list() == pytest.approx(
         df.sort(["benchmark", "metric"])["value"].to_list())
-    df3 = cli.main([*args, "--net", "gallery", "--no-flip"])
+    df3 = cli.run([*args, "--net", "gallery", "--no-flip"])
     assert df3.height == 2 * df.height
     assert set(df3["model"]) == {"ckpt/probe", "ckpt/gallery"}
 
@@ -129,8 +130,8 @@ def test_pack_replaced_in_place_is_embedded_again(tmp_path: Path, tiny_models: N
     accuracy = {}
     for name, images in (("A", blobs), ("B", shuffled)):
         pack.write_bytes(pickle.dumps((images, labels)))
-        accuracy[name] = cli.main(args)["value"][0]
-        fresh = cli.main([*args, "--no-feature-cache", "--out", str(tmp_path / f"fresh{name}")])
+        accuracy[name] = cli.run(args)["value"][0]
+        fresh = cli.run([*args, "--no-feature-cache", "--out", str(tmp_path / f"fresh{name}")])
         assert accuracy[name] == fresh["value"][0]
     assert accuracy["A"] > 0.8 and accuracy["B"] < accuracy["A"] - 0.2
 
@@ -158,7 +159,7 @@ def test_results_are_replaced_atomically(
 def test_cli_refuses_non_positive_sizes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for option in ("--tile", "--ranks", "--batch-size"):
         with pytest.raises(SystemExit):
-            cli.main(["--checkpoint", "c.pt", "--out", str(tmp_path), "--benchmark",
+            cli.run(["--checkpoint", "c.pt", "--out", str(tmp_path), "--benchmark",
                       f"megaface={tmp_path}", option, "0"])
         assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
 
@@ -175,15 +176,36 @@ def test_cli_refuses_typos_and_bad_protocols(tmp_path: Path, tiny_models: None) 
     save_checkpoint(ckpt)
     pairs, _ = write_pair_set(tmp_path / "synth")
     base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
-    with pytest.raises(SystemExit, match="unknown benchmark 'lwf'"):
-        cli.main([*base, "--benchmark", f"lwf={pairs}"])
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli.main([*base, "--benchmark", f"lfw={tmp_path / 'none.bin'}"])
-    with pytest.raises(SystemExit, match="NAME=PATH"):
-        cli.main([*base, "--benchmark", "lfw"])
+    with pytest.raises(UserError, match="unknown benchmark 'lwf'"):
+        cli.run([*base, "--benchmark", f"lwf={pairs}"])
+    with pytest.raises(UserError, match="does not exist"):
+        cli.run([*base, "--benchmark", f"lfw={tmp_path / 'none.bin'}"])
+    with pytest.raises(UserError, match="NAME=PATH"):
+        cli.run([*base, "--benchmark", "lfw"])
     with pytest.raises(ValueError, match="lfw has 10 folds of 600"):
-        cli.main([*base, "--benchmark", f"lfw={pairs}"])
+        cli.run([*base, "--benchmark", f"lfw={pairs}"])
     assert ckpt.exists()  # evaluation never deletes a checkpoint
+
+
+def test_cli_prints_user_errors_as_one_line(
+    tmp_path: Path, tiny_models: None, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt)
+    pairs, _ = write_pair_set(tmp_path / "synth")
+    meta = tmp_path / "ijbc" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "ijbc_face_tid_mid.txt").write_text("a.jpg 1 1\nb.jpg\t2 1\n")
+    base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
+    for bench, message in ((f"lfw={pairs}", "lfw has 10 folds of 600 pairs"),
+                           (f"ijbc={tmp_path / 'ijbc'}", "ijbc_face_tid_mid.txt:2: a tab"),
+                           (f"lwf={pairs}", "unknown benchmark 'lwf'")):
+        assert cli.main([*base, "--benchmark", bench]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m f2c.evaluate: error: ") and message in err
+        assert "Traceback" not in err and err.count("\n") == 1
+        with pytest.raises(UserError, match=message):  # --debug: raised, with its traceback
+            cli.main([*base, "--benchmark", bench, "--debug"])
 
 
 def test_checkpoint_loading(tmp_path: Path, tiny_models: None) -> None:
@@ -271,7 +293,7 @@ def test_cli_with_a_real_backbone(tmp_path: Path) -> None:
     torch.save({"config": {"model": {"backbone": "tinyfacenet", "embedding_size": 32}},
                 "probe": net.state_dict()}, ckpt)
     pairs, _ = write_pair_set(tmp_path / "synth", size=16)  # resized to the backbone's input
-    df = cli.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+    df = cli.run(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                    "--benchmark", f"pairs={pairs}", "--device", "cpu"])
     assert df["metric"].to_list() == ["accuracy"] and 0.0 <= df["value"][0] <= 1.0
     manifest = (tmp_path / "o" / "features" / "pairs.json").read_text()

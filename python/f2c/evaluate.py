@@ -30,6 +30,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from f2c.cli import UserError, add_debug_option, run_cli
 from f2c.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkOptions,
@@ -40,8 +41,9 @@ from f2c.evaluation.benchmarks import (
 from f2c.evaluation.features import Embedder
 from f2c.evaluation.report import ResultTable, plot_roc, write_results
 
-__all__ = ["LoadedModel", "create_model", "load_checkpoint_model", "main", "run_benchmark"]
+__all__ = ["LoadedModel", "create_model", "load_checkpoint_model", "main", "run", "run_benchmark"]
 
+PROG = "python -m f2c.evaluate"
 KINDS = tuple(BENCHMARKS)
 
 
@@ -167,13 +169,13 @@ def _parse_benchmarks(items: Sequence[str]) -> list[tuple[str, Path]]:
     for item in items:
         kind, sep, path = item.partition("=")
         if not sep or not path:
-            raise SystemExit(f"--benchmark expects NAME=PATH, got {item!r}")
+            raise UserError(f"--benchmark expects NAME=PATH, got {item!r}")
         try:
             name = benchmark_kind(kind).name
         except KeyError as e:
-            raise SystemExit(f"{e.args[0]} (in {item!r})") from None
+            raise UserError(f"{e.args[0]} (in {item!r})") from None
         if not Path(path).exists():
-            raise SystemExit(f"benchmark {name}: {path} does not exist")
+            raise UserError(f"benchmark {name}: {path} does not exist")
         out.append((name, Path(path)))
     return out
 
@@ -189,7 +191,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m f2c.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--benchmark", action="append", required=True, metavar="NAME=PATH")
@@ -216,10 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
                    dest="ijb_detector_scores", action="store_false",
                    help="do not weight IJB-B/C images by the detector scores of "
                    "meta/ijb?_name_5pts_score.txt")
+    add_debug_option(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> pl.DataFrame:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m f2c.evaluate``: 0 when every benchmark ran; a user error (a malformed input,
+    a missing file, a bad option) prints one line and returns 2 (``--debug``: the traceback)."""
+    return run_cli(PROG, _run_status, argv)
+
+
+def _run_status(argv: list[str]) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> pl.DataFrame:
+    """Parse ``argv`` as the command line does, evaluate, and return the merged results table;
+    errors are raised, not printed."""
     args = build_parser().parse_args(argv)
     benchmarks = _parse_benchmarks(args.benchmark)
     model = load_checkpoint_model(args.checkpoint, net=args.net, backbone=args.model,
@@ -245,4 +261,4 @@ def main(argv: Sequence[str] | None = None) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.features import Embedder, ImageFiles, ImageSource, require_files
 from f2c.evaluation.identification import (
     identification_metrics,
@@ -235,8 +236,11 @@ def _ijb_identification_kind(layout: IjbLayout) -> BenchmarkKind:
         for gname, glist in galleries.items():
             g_feats, g_subj = pool_template_list(f[np.searchsorted(names, glist.filenames)],
                                                  glist, **pool)
-            out[gname] = identification_metrics(g_feats, g_subj, p_feats, p_subj,
-                                                ranks=(1, 5, 10), fpirs=(0.01, 0.1))
+            try:
+                out[gname] = identification_metrics(g_feats, g_subj, p_feats, p_subj,
+                                                    ranks=(1, 5, 10), fpirs=(0.01, 0.1))
+            except InputError as e:
+                raise InputError(f"{glist.source} with probes {probes.source}: {e}") from e
         return out
 
     return BenchmarkKind(name, load, evaluate, _ijb_identification_rows)

@@ -32,6 +32,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from f2c.evaluation.errors import InputError
+
 __all__ = ["read_bin"]
 
 _NUMPY_CORE = ("numpy.core", "numpy._core")  # numpy 1.x and 2.x spell the module differently
@@ -149,8 +151,8 @@ class _BinUnpickler(pickle.Unpickler):
 
 
 def _check_structure(obj: Any, source: str, limit: int) -> tuple[list[bytes], list[bool]]:
-    def refuse(what: str) -> ValueError:
-        return ValueError(f"{source}: not an insightface .bin pack: {what}")
+    def refuse(what: str) -> InputError:
+        return InputError(f"{source}: not an insightface .bin pack: {what}")
 
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise refuse(f"expected a pair (images, issame), got {type(obj).__name__}")
@@ -188,7 +190,8 @@ def _check_structure(obj: Any, source: str, limit: int) -> tuple[list[bytes], li
 
 def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], list[bool]]:
     """The encoded images and the same/different flags of a ``.bin`` pack (see the module
-    docstring); any refusal or corruption is a ``ValueError`` naming the file."""
+    docstring); any refusal or corruption is an :class:`InputError` (a ``ValueError``)
+    naming the file."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -197,7 +200,7 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], list[bool]]:
     except FileNotFoundError:
         raise FileNotFoundError(f".bin pack not found: {path}") from None
     except pickle.UnpicklingError as e:
-        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
+        raise InputError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
     except (EOFError, AttributeError, IndexError, TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: corrupt or truncated pickle: {e}") from e
+        raise InputError(f"{path}: corrupt or truncated pickle: {e}") from e
     return _check_structure(obj, str(path), size)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from f2c.data.transforms import normalize
+from f2c.evaluation.errors import ImageError, InputError
 
 __all__ = [
     "ArrayImages",
@@ -58,7 +59,7 @@ def _to_rgb_array(img: Image.Image, image_size: int | None, what: str) -> np.nda
         img = img.convert("RGB")
     if image_size is not None and img.size != (image_size, image_size):
         if img.size[0] != img.size[1]:
-            raise ValueError(
+            raise InputError(
                 f"{what}: image is {img.size[0]}x{img.size[1]}, not square; expected an aligned "
                 f"crop (resizing would distort it)"
             )
@@ -135,7 +136,7 @@ class ImageFiles(_Listed):
         except FileNotFoundError:
             raise FileNotFoundError(f"image not found: {path}") from None
         except OSError as e:
-            raise OSError(f"{path}: cannot decode image: {e}") from e
+            raise ImageError(f"{path}: cannot decode image: {e}") from e
 
 
 class EncodedImages(_Listed):
@@ -157,7 +158,7 @@ class EncodedImages(_Listed):
             with Image.open(io.BytesIO(self.blobs[index])) as img:
                 return _to_rgb_array(img, self.image_size, self._ids[index])
         except OSError as e:
-            raise OSError(f"{self._ids[index]}: cannot decode image: {e}") from e
+            raise ImageError(f"{self._ids[index]}: cannot decode image: {e}") from e
 
 
 class ArrayImages(_Listed):
@@ -183,7 +184,7 @@ def _stack(arrays: list[np.ndarray], ids: list[str], start: int) -> np.ndarray:
     shape = arrays[0].shape
     for j, a in enumerate(arrays):
         if a.shape != shape or a.ndim != 3 or a.shape[-1] != 3:
-            raise ValueError(
+            raise InputError(
                 f"image {ids[start + j]} has shape {a.shape}, but {ids[start]} has {shape}; "
                 f"all images of a benchmark must be aligned crops of one size (or set image_size)"
             )

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.ijbc import pool_templates
 
 __all__ = ["TemplateList", "identification_metrics", "pool_template_list", "read_template_csv"]
@@ -77,7 +78,7 @@ def identification_metrics(
         mate_score[s : s + block] = best.double().cpu().numpy()
     n_mated, n_non = int(mated.sum()), int((~mated).sum())
     if n_mated == 0:
-        raise ValueError("no probe has a mate in the gallery")
+        raise InputError("no probe has a mate in the gallery")
     cmc = {r: float(np.mean(rank[mated] <= r)) for r in ranks}
     tpir: dict[float, float] = {}
     if n_non:
@@ -109,13 +110,13 @@ def read_template_csv(path: str | os.PathLike[str]) -> TemplateList:
     try:
         df = pl.read_csv(path, infer_schema_length=10_000)
     except Exception as e:  # polars raises several error types for bad input
-        raise ValueError(f"{path}: not a readable CSV: {e}") from e
+        raise InputError(f"{path}: not a readable CSV: {e}") from e
     if df.height == 0:
-        raise ValueError(f"{path}: no rows after the header (an empty 1:N list)")
+        raise InputError(f"{path}: no rows after the header (an empty 1:N list)")
     cols = {c.strip().upper(): c for c in df.columns}
     missing = [c for c in ("TEMPLATE_ID", "SUBJECT_ID", "FILENAME") if c not in cols]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; header is {df.columns}")
+        raise InputError(f"{path}: missing column(s) {missing}; header is {df.columns}")
     medium = cols.get("SIGHTING_ID") or cols.get("MEDIA_ID")
     ints = {}
     for name in ("TEMPLATE_ID", "SUBJECT_ID", medium):
@@ -124,11 +125,11 @@ def read_template_csv(path: str | os.PathLike[str]) -> TemplateList:
         col = df[cols.get(name, name)]
         if col.null_count():
             bad = int(col.is_null().arg_true()[0])
-            raise ValueError(f"{path}:{bad + 2}: empty {name}")  # +2: header, 1-based
+            raise InputError(f"{path}:{bad + 2}: empty {name}")  # +2: header, 1-based
         try:
             ints[name] = col.cast(pl.Int64).to_numpy()
         except Exception as e:  # polars: InvalidOperationError and friends
-            raise ValueError(f"{path}: {name} must hold integers: {e}") from e
+            raise InputError(f"{path}: {name} must hold integers: {e}") from e
     templates, subjects = ints["TEMPLATE_ID"], ints["SUBJECT_ID"]
     media = ints[medium] if medium is not None else np.arange(df.height, dtype=np.int64)
     return TemplateList(
@@ -149,5 +150,5 @@ def pool_template_list(
     t_idx = np.searchsorted(tids, rows.templates)
     if not np.array_equal(subj[t_idx], rows.subjects):
         bad = int(np.flatnonzero(subj[t_idx] != rows.subjects)[0])
-        raise ValueError(f"{rows.source}:{bad + 2}: template {rows.templates[bad]} mixes subjects")
+        raise InputError(f"{rows.source}:{bad + 2}: template {rows.templates[bad]} mixes subjects")
     return feats, subj

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.metrics import roc_curve, tar_at_fars
 
 __all__ = [
@@ -130,14 +131,14 @@ def read_table(path: str | os.PathLike[str], kinds: Sequence[str]) -> list[np.nd
         df = pl.read_csv(path, separator=" ", has_header=False, schema=schema, quote_char=None,
                          truncate_ragged_lines=False)
     except Exception as e:  # polars raises several error types for bad input
-        raise ValueError(_first_bad_line(path, kinds)) from e
+        raise InputError(_first_bad_line(path, kinds)) from e
     text = [c for c, k in zip(schema, kinds, strict=True) if k == "str"]
     if df.null_count().sum_horizontal().item() or any(
         df[c].str.contains("[\t\"']").any() for c in text
     ):
-        raise ValueError(_first_bad_line(path, kinds))
+        raise InputError(_first_bad_line(path, kinds))
     if df.height == 0:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return [df[c].to_numpy(writable=True) for c in schema]
 
 
@@ -164,18 +165,18 @@ def read_ijb_meta(root: str | os.PathLike[str], layout: IjbLayout = IJBC) -> Ijb
     a, b, label = read_table(pairs, ["int", "int", "int"])
     if not np.isin(label, (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(label, (0, 1)))[0])
-        raise ValueError(f"{pairs}:{bad + 1}: label must be 0 or 1, got {label[bad]}")
+        raise InputError(f"{pairs}:{bad + 1}: label must be 0 or 1, got {label[bad]}")
     scores = None
     if score_file.is_file():
         cols = read_table(score_file, ["str"] + ["float"] * 11)
         if not np.array_equal(cols[0], names):
-            raise ValueError(
+            raise InputError(
                 f"{score_file}: image names differ from {tid_mid} (order or content)"
             )
         scores = cols[-1]
         bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
         if len(bad):
-            raise ValueError(f"{score_file}:{bad[0] + 1}: detector score {scores[bad[0]]} is not "
+            raise InputError(f"{score_file}:{bad[0] + 1}: detector score {scores[bad[0]]} is not "
                              f"a finite number >= 0")
     return IjbcMeta(names, tids, mids, a, b, label.astype(bool), scores, str(root), layout)
 
@@ -238,7 +239,7 @@ def _template_rows(tids: np.ndarray, query: np.ndarray, what: str) -> np.ndarray
         missing = tids[rows] != query
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise ValueError(f"{what}: template {query[i]} (pair {i + 1}) has no images")
+        raise InputError(f"{what}: template {query[i]} (pair {i + 1}) has no images")
     return rows
 
 
@@ -313,7 +314,7 @@ def _check_weights(weights: np.ndarray, meta: IjbcMeta) -> None:
     feature would be the zero vector), some templates at zero a warning."""
     source = Path(meta.root) / meta.layout.scores
     if not (weights > 0).any():
-        raise ValueError(f"{source}: every detector score is 0, so every weighted template "
+        raise InputError(f"{source}: every detector score is 0, so every weighted template "
                          f"would be a zero vector; pass --ijb-no-detector-scores")
     _, t_inv = np.unique(meta.templates, return_inverse=True)
     zero = int((np.bincount(t_inv, weights=weights) == 0).sum())

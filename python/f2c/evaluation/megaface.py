@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.features import require_files
 from f2c.evaluation.streaming import stream_topk
 
@@ -126,7 +127,7 @@ def megaface_evaluate(
         raise ValueError(f"{pt.shape[0]} probes but {len(ids)} probe ids")
     a, b = _same_identity_pairs(ids)
     if len(a) == 0:
-        raise ValueError("no identity has two probe images: nothing to search for")
+        raise InputError("no identity has two probe images: nothing to search for")
     if ranks < 1:
         raise ValueError(f"ranks must be at least 1, got {ranks}")
     if tile < 1:
@@ -237,7 +238,7 @@ def read_labelled_list(path: str | os.PathLike[str]) -> tuple[list[str], list[st
             continue
         parts = s.rsplit(None, 1)
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'path identity', got {s!r}")
+            raise InputError(f"{path}:{lineno}: expected 'path identity', got {s!r}")
         paths.append(parts[0])
         ids.append(parts[1])
     return paths, ids
@@ -282,5 +283,5 @@ def load_megaface(
         require_files(full_p, "probe image")
         require_files(full_d, "distractor image")
     if not full_d:
-        raise ValueError(f"{root / distractors}: no distractors left")
+        raise InputError(f"{root / distractors}: no distractors left")
     return MegaFaceSet(full_p, p_ids, full_d, desc)

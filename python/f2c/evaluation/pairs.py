@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from f2c.evaluation.binpack import read_bin
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.features import Embedder, EncodedImages, ImageFiles, ImageSource
 from f2c.evaluation.metrics import kfold_evaluate, tar_at_fars
 
@@ -93,7 +94,7 @@ def read_pairs_file(
             continue
         parts = stripped.split()
         if len(parts) != 3 or parts[2] not in ("0", "1"):
-            raise ValueError(
+            raise InputError(
                 f"{path}:{lineno}: expected 'path_a path_b 1|0', got {stripped!r}"
             )
         ids = []
@@ -109,7 +110,7 @@ def read_pairs_file(
         right.append(ids[1])
         same.append(parts[2] == "1")
     if not same:
-        raise ValueError(f"{path}: no pairs found")
+        raise InputError(f"{path}: no pairs found")
     return PairSet(
         images=ImageFiles(files, ids=list(index), image_size=image_size),
         left=np.asarray(left, dtype=np.int64),
@@ -159,13 +160,13 @@ def fold_size_for(protocol: str | None, n_pairs: int, source: str) -> int:
     if protocol is not None and protocol in PROTOCOL_FOLD_SIZES:
         size = PROTOCOL_FOLD_SIZES[protocol]
         if n_pairs != FOLDS * size:
-            raise ValueError(
+            raise InputError(
                 f"{source}: {protocol} has {FOLDS} folds of {size} pairs ({FOLDS * size}), "
                 f"but {n_pairs} pairs were read"
             )
         return size
     if n_pairs % FOLDS:
-        raise ValueError(
+        raise InputError(
             f"{source}: {n_pairs} pairs cannot form {FOLDS} equal contiguous folds"
         )
     return n_pairs // FOLDS

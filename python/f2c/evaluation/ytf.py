@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from f2c.evaluation.errors import InputError
 from f2c.evaluation.features import Embedder, ImageFiles
 from f2c.evaluation.metrics import kfold_evaluate
 
@@ -80,7 +81,7 @@ def read_frame_list(
     frame_video: list[int] = []
     for lineno, parts in _read_lines(path, "frame list"):
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'path video_id', got {' '.join(parts)!r}")
+            raise InputError(f"{path}:{lineno}: expected 'path video_id', got {' '.join(parts)!r}")
         rel, vid = parts
         full = base / rel
         if check_files and not full.is_file():
@@ -89,7 +90,7 @@ def read_frame_list(
         ids.append(rel)
         frame_video.append(videos.setdefault(vid, len(videos)))
     if not files:
-        raise ValueError(f"{path}: no frames listed")
+        raise InputError(f"{path}: no frames listed")
     return (
         ImageFiles(files, ids=ids, image_size=image_size),
         np.asarray(frame_video, dtype=np.int64),
@@ -112,17 +113,17 @@ def read_ytf_pairs(
     same: list[bool] = []
     for lineno, parts in _read_lines(path, "YTF pairs file"):
         if len(parts) != 3 or parts[2] not in ("0", "1"):
-            raise ValueError(
+            raise InputError(
                 f"{path}:{lineno}: expected 'video_a video_b 1|0', got {' '.join(parts)!r}"
             )
         for v in parts[:2]:
             if v not in index:
-                raise ValueError(f"{path}:{lineno}: video {v!r} has no frames in the frame list")
+                raise InputError(f"{path}:{lineno}: video {v!r} has no frames in the frame list")
         left.append(index[parts[0]])
         right.append(index[parts[1]])
         same.append(parts[2] == "1")
     if len(same) != expected_pairs:
-        raise ValueError(
+        raise InputError(
             f"{path}: the YTF protocol has {expected_pairs} pairs "
             f"({YTF_FOLDS} folds of {expected_pairs // YTF_FOLDS}), but {len(same)} were read"
         )
