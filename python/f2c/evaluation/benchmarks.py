@@ -11,7 +11,7 @@ A :class:`BenchmarkKind` says three things:
 
 :data:`BENCHMARKS` maps each name the CLI accepts to its kind;
 ``evaluation/eval_megaface_features.py`` runs the MegaFace kind's ``evaluate`` and ``rows`` on
-features stored on disk.
+features stored on disk. The protocols themselves: ``docs/design.md`` §4.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""insightface ``.bin`` pair packs, read without running anything the file names.
+"""insightface ``.bin`` pair packs (``docs/design.md`` §3), read without running anything the
+file names.
 
 A pack is a pickle of ``(images, issame)``: a list of encoded images (JPEG/PNG), two per pair,
 and a list of bools. Older builders store each image as ``bytes``; the current one stores a

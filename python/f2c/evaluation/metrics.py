@@ -222,8 +222,8 @@ def tar_at_far_roc_nearest(
     ``drop_intermediate=True`` (which removes collinear points and so can change which point is
     nearest), flipped, then ``argmin |fpr - far|`` — so among equally near points the one with
     the largest TPR is taken (e.g. scores ``[.9, .8, .7, .1]``, labels ``[0, 1, 1, 0]``, FAR .5
-    gives 1.0, not 0.0). It can pick a point whose FPR exceeds ``far``. Kept for comparability;
-    prefer the exact :func:`tar_at_far`.
+    gives 1.0, not 0.0; ``docs/design.md`` §4). It can pick a point whose FPR exceeds ``far``.
+    Kept for comparability; prefer the exact :func:`tar_at_far`.
     """
     single = isinstance(fars, (int, float))
     far_list = [float(fars)] if single else [float(f) for f in fars]  # type: ignore[union-attr]
