@@ -1,12 +1,12 @@
 """One head step: F²C (Q = 1% and 0.1% of C) vs FullFC vs PartialFC (sample rate 0.1).
 
-A step is forward + backward + the update of the head's own state: for F²C the pool writes
-(inside forward; the head has no parameters), for the FC heads an SGD step on the centres (lr
-0.1, momentum 0.9, Nesterov, weight decay 1e-4, as DESIGN §1.8). The input is fixed random
-embeddings for a per-rank batch B = 128 (D = 512), exactly as the training loop feeds the heads:
-F²C gets the views x and y of 1.5·B = 192 rows each (probe and gallery); the FC heads get the
-3·B = 384 probe embeddings of both views. F²C's pool is full before timing, and every step
-brings freshly drawn labels (40 pre-drawn label batches, more than the steps of a case).
+A step is the trainer's own :func:`f2c.training.step.train_step` with the backbone replaced by a
+table of 3·B = 384 trainable embeddings (per-rank batch B = 128, D = 512): the EMA update and
+gallery "forward" (F²C only), the head's forward and backward (for F²C including the pool
+writes), and the SGD step (lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4, docs/design.md §1)
+on the centres (FC heads) and the table. Every head sees the views x and y of 1.5·B = 192 rows
+each, as in training. F²C's pool is full before timing, and every step brings freshly drawn
+labels (40 pre-drawn label batches, more than the steps of a case).
 
 Q is clamped up to the head's minimum (192 for B = 128 on one rank); ``extra_info`` records the Q
 used. Peak memory: with ``--benchmark-enable``, each case is re-run in a fresh subprocess that
@@ -39,7 +39,9 @@ import numpy as np
 import pytest
 import torch
 
-from f2c.heads import MarginConfig, build_head, minimum_pool_size
+from f2c.config import OptimConfig
+from f2c.heads import MarginConfig, ProbeGallery, build_head, minimum_pool_size
+from f2c.training.step import StepInput, StepModel, build_optimizer, train_step
 
 B, D = 128, 512
 ROWS = B + (B + 1) // 2  # rows of one F²C view
@@ -68,71 +70,68 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (needs Linux)")
 
 
+class EmbeddingTable(torch.nn.Module):
+    """A stand-in probe network whose output is a trainable table of embeddings, one row per
+    input row: the step around the head stays the trainer's, at a negligible cost."""
+
+    def __init__(self, rows: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(rows, D, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.table.shape[0]:
+            raise ValueError(f"expected {self.table.shape[0]} rows, got {x.shape[0]}")
+        return self.table
+
+
 class HeadStep:
-    """A head with fixed inputs; calling it runs one step."""
+    """A head with fixed inputs; calling it runs one training step (``train_step``)."""
 
     def __init__(self, head_id: str, num_classes: int, seed: int = 0) -> None:
         name, rate = HEADS[head_id]
         gen = torch.Generator().manual_seed(seed)
         self.name = name
         self.info: dict[str, Any] = {"head": head_id, "num_classes": num_classes, "B": B, "D": D}
-        margin = MarginConfig("cosface", 0.4, scale=32.0)
         self.step_count = 0
+        pool = None
         if name == "f2c":
             assert rate is not None
             pool = max(round(rate * num_classes), minimum_pool_size(B, 1))
             self.info["pool_size"] = pool
-            self.inputs = [torch.randn(ROWS, D, generator=gen) for _ in range(4)]
-            self.inputs[0].requires_grad_(True)  # probe x
-            self.inputs[2].requires_grad_(True)  # probe y
-            self.labels = []
-            # numpy's choice without replacement is O(k); a randperm of C per batch is O(C).
-            rng = np.random.default_rng(seed)
-            for _ in range(LABEL_BATCHES):
-                ids = torch.from_numpy(rng.choice(num_classes, size=B, replace=False))
-                inst = torch.randint(0, num_classes, (2, ROWS - B), generator=gen)
-                self.labels.append((torch.cat([ids, inst[0]]), torch.cat([ids, inst[1]])))
         else:
             self.info["sample_rate"] = rate
-            self.embeddings = torch.randn(2 * ROWS, D, generator=gen)
-            self.fc_labels = [
-                torch.randint(0, num_classes, (2 * ROWS,), generator=gen)
-                for _ in range(LABEL_BATCHES)
-            ]
+        # Every head gets the trainer's layout: views x and y, identity rows shared.
+        # numpy's choice without replacement is O(k); a randperm of C per batch is O(C).
+        rng = np.random.default_rng(seed)
+        self.labels = []
+        for _ in range(LABEL_BATCHES):
+            ids = torch.from_numpy(rng.choice(num_classes, size=B, replace=False))
+            inst = torch.randint(0, num_classes, (2, ROWS - B), generator=gen)
+            self.labels.append(torch.cat([ids, inst[0], ids, inst[1]]))
+        self.rows = torch.empty(2 * ROWS, 0)  # the stand-in probe only reads the row count
+        nets = ProbeGallery(EmbeddingTable(2 * ROWS, gen))
         self.head = build_head(
-            name, num_classes=num_classes, embedding_size=D, margin=margin, batch_size=B,
-            pool_size=self.info.get("pool_size"), sample_rate=rate or 0.1,
+            name, num_classes=num_classes, embedding_size=D,
+            margin=MarginConfig("cosface", 0.4, scale=32.0), batch_size=B, pool_size=pool,
+            sample_rate=rate or 0.1,
         )
-        self.optimizer = None
         if name == "f2c":
             # A full pool: Q distinct classes with random features.
-            q = self.info["pool_size"]
+            assert pool is not None
             self.head.write_gallery(  # type: ignore[operator]
-                torch.from_numpy(rng.choice(num_classes, size=q, replace=False)),
-                torch.randn(q, D, generator=gen),
+                torch.from_numpy(rng.choice(num_classes, size=pool, replace=False)),
+                torch.randn(pool, D, generator=gen),
             )
-        else:
-            self.optimizer = torch.optim.SGD(
-                self.head.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
-            )
+        # The paper's optimiser (docs/design.md §1): SGD lr 0.1, momentum 0.9, Nesterov, wd 1e-4.
+        self.model = StepModel(nets, self.head, build_optimizer(nets.probe, self.head,
+                                                                OptimConfig()))
         self.last_stats: dict[str, float] = {}
 
     def __call__(self) -> None:
-        i = self.step_count % LABEL_BATCHES
+        labels = self.labels[self.step_count % LABEL_BATCHES]
         self.step_count += 1
-        if self.name == "f2c":
-            px, gx, py, gy = self.inputs
-            lx, ly = self.labels[i]
-            out = self.head(px, lx, gx, py, ly, gy)
-            out.loss.backward()
-            px.grad = py.grad = None
-        else:
-            assert self.optimizer is not None
-            self.optimizer.zero_grad(set_to_none=True)
-            out = self.head(self.embeddings, self.fc_labels[i])
-            out.loss.backward()
-            self.optimizer.step()
-        self.last_stats = out.stats
+        result = train_step(self.model, StepInput(self.rows, labels, ROWS))
+        self.last_stats = result.stats
 
 
 def _time_bookkeeping(step: HeadStep, steps: int) -> float:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from f2c.heads import (
     FullFC,
+    HeadBatch,
     MarginConfig,
     PartialFC,
     build_head,
@@ -40,6 +41,11 @@ def _reference_loss(
     return F.cross_entropy(cfg.scale * logits, labels)
 
 
+def _batch(emb: torch.Tensor, labels: torch.Tensor) -> HeadBatch:
+    """Both views' rows at once, as the FC heads see them (the split does not matter to them)."""
+    return HeadBatch(emb, labels, split=emb.shape[0] // 2)
+
+
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(N, D, generator=gen), torch.randint(0, C, (N,), generator=gen)
@@ -66,7 +72,7 @@ def test_full_fc_matches_reference(kind: str) -> None:
     head = FullFC(C, D, cfg)
     emb, labels = _data()
     emb.requires_grad_(True)
-    out = head(emb, labels)
+    out = head(_batch(emb, labels))
     ref_emb = emb.detach().clone().requires_grad_(True)
     ref_w = head.weight.detach().clone().requires_grad_(True)
     ref = _reference_loss(ref_emb, ref_w, labels, cfg)
@@ -84,7 +90,7 @@ def test_partial_fc_at_rate_one_is_full_fc() -> None:
     full, part = FullFC(C, D, cfg), PartialFC(C, D, cfg, sample_rate=1.0)
     assert torch.equal(full.weight, part.weight)  # the same seeded init
     emb, labels = _data(1)
-    a, b = full(emb, labels).loss, part(emb, labels).loss
+    a, b = full(_batch(emb, labels)).loss, part(_batch(emb, labels)).loss
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
     a.backward()
     b.backward()
@@ -102,7 +108,7 @@ def test_partial_fc_samples_positives_and_scatters_grads() -> None:
         emb, labels = _data(10 + step)
         weight_before = head.weight.detach().clone()
         opt.zero_grad(set_to_none=True)
-        out = head(emb, labels)
+        out = head(_batch(emb, labels))
         sampled = head.last_sampled
         assert sampled is not None and sampled.numel() == 20
         assert set(labels.tolist()) <= set(sampled.tolist())
@@ -131,10 +137,10 @@ def test_partial_fc_accumulates_without_zero_grad() -> None:
     head = PartialFC(C, D, cfg, sample_rate=0.25)
     emb1, lab1 = _data(20)
     emb2, lab2 = _data(21)
-    head(emb1, lab1).loss.backward()
+    head(_batch(emb1, lab1)).loss.backward()
     first = head.weight.grad.clone()  # type: ignore[union-attr]
     rows1 = head.last_sampled
-    head(emb2, lab2).loss.backward()
+    head(_batch(emb2, lab2)).loss.backward()
     rows2 = head.last_sampled
     assert rows1 is not None and rows2 is not None
     second_only = head.weight.grad - first  # type: ignore[operator]
@@ -150,7 +156,7 @@ def test_heads_keep_fp32_under_autocast() -> None:
         head = build_head(name, num_classes=C, embedding_size=D,  # type: ignore[arg-type]
                           margin=MarginConfig("arcface", 0.5), batch_size=N, pool_size=None)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = head(emb.bfloat16(), labels)
+            out = head(_batch(emb.bfloat16(), labels))
         assert out.loss.dtype == torch.float32 and math.isfinite(out.loss.item())
         assert head.requires_gallery is False
 
@@ -185,7 +191,7 @@ def test_state_round_trip_and_refusals() -> None:
     with pytest.raises(ValueError, match="shape"):
         FullFC(C + 1, D, cfg).load_full_state_dict(state)
     with pytest.raises(ValueError, match="class ids"):
-        head(torch.randn(2, D), torch.tensor([0, C]))
+        head(_batch(torch.randn(2, D), torch.tensor([0, C])))
     with pytest.raises(ValueError, match="sample_rate"):
         PartialFC(C, D, cfg, sample_rate=0.0)
     with pytest.raises(ValueError, match="unknown head"):

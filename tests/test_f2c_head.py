@@ -14,6 +14,7 @@ import torch
 
 from f2c.heads import (
     DynamicClassPool,
+    HeadBatch,
     MarginConfig,
     build_head,
     minimum_pool_size,
@@ -117,7 +118,7 @@ def _batch(gen: torch.Generator, n: int, num_classes: int) -> dict[str, torch.Te
 
 
 def _run(head: DynamicClassPool, b: dict[str, torch.Tensor]) -> Any:
-    return head(b["px"], b["lx"], b["gx"], b["py"], b["ly"], b["gy"])
+    return head(HeadBatch.from_views(b["px"], b["lx"], b["py"], b["ly"], b["gx"], b["gy"]))
 
 
 def _head(pool_size: int, batch_size: int = 4, num_classes: int = 30, **margin: Any) -> Any:
@@ -220,8 +221,8 @@ def test_runs_under_autocast_in_fp32() -> None:
     b = _batch(torch.Generator().manual_seed(5), 6, num_classes=20)
     px = b["px"].bfloat16().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = head(px, b["lx"], b["gx"].bfloat16(), b["py"].bfloat16(), b["ly"],
-                   b["gy"].bfloat16())
+        out = _run(head, {**b, "px": px, "gx": b["gx"].bfloat16(), "py": b["py"].bfloat16(),
+                          "gy": b["gy"].bfloat16()})
     assert out.loss.dtype == torch.float32
     out.loss.backward()
     assert px.grad is not None and torch.isfinite(px.grad).all()

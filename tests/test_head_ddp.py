@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from f2c.heads import DynamicClassPool, FullFC, MarginConfig, PartialFC
+from f2c.heads import DynamicClassPool, FullFC, HeadBatch, MarginConfig, PartialFC
+from f2c.training.step import clip_gradients
 
 WORLD = 2
 D = 6
@@ -54,12 +55,16 @@ def _f2c_run(rank: int, world: int) -> dict[str, Any]:
     for step in range(STEPS):
         b = {k: _rows(v, rank, world) for k, v in _f2c_batch(step).items()}
         px, py = b["px"].requires_grad_(True), b["py"].requires_grad_(True)
-        out = head(px, b["lx"], b["gx"], py, b["ly"], b["gy"])
+        out = head(HeadBatch.from_views(px, b["lx"], py, b["ly"], b["gx"], b["gy"]))
         out.loss.backward()
         losses.append(out.loss.detach())
         grads.append(torch.cat([px.grad, py.grad]))  # type: ignore[list-item]
     return {"f2c_loss": torch.stack(losses), "f2c_grads": grads,
             "f2c_state": head.full_state_dict()}
+
+
+def _batch_of(emb: torch.Tensor, labels: torch.Tensor) -> HeadBatch:
+    return HeadBatch(emb, labels, split=emb.shape[0] // 2)
 
 
 def _fc_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,18 +82,20 @@ def _fc_run(rank: int, world: int) -> dict[str, Any]:
     }
     for name, head in heads.items():
         emb = _rows(emb_all, rank, world).clone().requires_grad_(True)
-        loss = head(emb, _rows(labels_all, rank, world)).loss
+        loss = head(_batch_of(emb, _rows(labels_all, rank, world))).loss
         loss.backward()
         out[f"{name}_loss"] = loss.detach()
         out[f"{name}_emb_grad"] = emb.grad
         out[f"{name}_weight_grad"] = head.weight.grad
         out[f"{name}_shard"] = (head.class_start, head.class_end)
         out[f"{name}_state"] = head.full_state_dict()
+        # Gradient clipping's norm over sharded centres is the norm of the whole gradient.
+        out[f"{name}_grad_norm"] = clip_gradients([], head.parameters(), max_norm=1e9)
     # Sampling per shard: positives kept, the gradient only on sampled rows.
     torch.manual_seed(rank)
     pfc = PartialFC(FC_CLASSES, D, MarginConfig("cosface", 0.4), 0.5)
     labels = _rows(labels_all, rank, world)
-    pfc(_rows(emb_all, rank, world), labels).loss.backward()
+    pfc(_batch_of(_rows(emb_all, rank, world), labels)).loss.backward()
     sampled = pfc.last_sampled
     assert sampled is not None and pfc.weight.grad is not None
     local_pos = {int(c) - pfc.class_start for c in labels_all
@@ -192,6 +199,7 @@ def test_sharded_fc_equals_single_process(
             atol=1e-6,
         )
         assert torch.equal(res[f"{name}_state"]["weight"], single[f"{name}_state"]["weight"])
+        assert res[f"{name}_grad_norm"] == pytest.approx(single[f"{name}_grad_norm"], rel=1e-5)
     assert [r[f"{name}_shard"] for r in ranks] == [(0, 6), (6, 11)]
 
 

@@ -22,11 +22,12 @@ from train_support import (
     tiny_run_args,
 )
 
-import f2c.training.loop as loop_module
+import f2c.training.step as step_module
 from f2c.config import config_from_dict
 from f2c.data.loaders import TrainingDb
 from f2c.data.synthetic import SyntheticDataset
 from f2c.train import build_config, build_parser, main
+from f2c.training.checkpoint import atomic_save
 from f2c.training.loop import Trainer, TrainingError
 from f2c.training.runtime import Runtime
 
@@ -131,6 +132,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     metrics = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in metrics]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_checkpoint_written_before_the_step_refactor_resumes_exactly(
+    data: SyntheticDataset, tmp_path: Path
+) -> None:
+    """Checkpoints from before carry ``identity_position`` (always equal to ``global_step``);
+    nothing reads it now, and such a checkpoint continues the run bitwise."""
+    straight = tiny_run_args(data, tmp_path, "--name", "straight", "--train.max_steps", "5")
+    assert main(straight) == 0
+    assert main(tiny_run_args(data, tmp_path, "--name", "old", "--train.max_steps", "3")) == 0
+    path = tmp_path / "old" / "checkpoint.pt"
+    state = load(path)
+    assert "identity_position" not in state
+    atomic_save({**state, "identity_position": state["global_step"]}, path)
+    assert main(["--resume", str(tmp_path / "old"), "--train.max_steps", "5"]) == 0
+    a, b = load(tmp_path / "straight" / "checkpoint.pt"), load(path)
+    assert a["global_step"] == b["global_step"] == 5
+    assert_same_state(a, b, skip=("/config",))
 
 
 def test_two_process_gloo_run_and_resume_on_one_process(
@@ -256,7 +275,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     data: SyntheticDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = loop_module.normalize
+    real = step_module.normalize
     calls = {"n": 0}
 
     def poisoned(batch: torch.Tensor) -> torch.Tensor:
@@ -264,7 +283,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         out = real(batch)
         return out * float("nan") if calls["n"] == 7 else out
 
-    monkeypatch.setattr(loop_module, "normalize", poisoned)
+    monkeypatch.setattr(step_module, "normalize", poisoned)
     err = _error_of(capsys, tiny_run_args(data, tmp_path, "--name", "nan",
                                           "--train.checkpoint_every", "3"))
     assert "loss became nan at step 7" in err

@@ -1,16 +1,14 @@
 """The F²C cost curve: training throughput and memory of each head against the class count.
 
-For every class count C and head, one training step is timed on synthetic uint8 images made on
-the device (no data loading in the measurement): backbone forward + head + backward + SGD step,
-under bf16 autocast on a GPU. Each step follows the F²C data layout (DESIGN.md §1): per rank and
-step, two views x and y of 1.5·B images each (B identity pairs plus B instance images), so every
-head sees the same 3·B images:
+For every class count C and head, the trainer's own step (:func:`f2c.training.step.train_step`)
+is timed on synthetic uint8 images made on the device (no data loading in the measurement):
+normalisation, one probe forward of the two views [x; y] (3·B images: B identity pairs plus B
+instance images, docs/design.md §1), the EMA update and the gallery forward of [x; y] for F²C,
+the head, backward and the SGD step, under bf16 autocast on a GPU. Heads:
 
-- ``backbone``: the probe forward + backward on x and y with no head (the floor);
-- ``f2c:R``: probe on x and y, the gallery (EMA) forward on x and y, the two-pass pool head with
-  Q = R·C;
-- ``fc`` / ``partial_fc:R``: probe on cat(x, y) and a margin softmax over all C classes or a
-  sample of them at rate R.
+- ``backbone``: the probe forward + backward with no head (the floor);
+- ``f2c:R``: the two-pass pool head with Q = R·C;
+- ``fc`` / ``partial_fc:R``: a margin softmax over all C classes or a sample of them at rate R.
 
 Warm-up steps are excluded; each figure is the median over several timed windows. A head that
 runs out of memory is recorded as ``oom``, not a crash. Results: a polars table (CSV + Markdown)
@@ -35,10 +33,19 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from f2c.data.transforms import normalize
-from f2c.heads import MarginConfig, ProbeGallery, build_head, minimum_pool_size
+from f2c.config import OptimConfig
+from f2c.heads import (
+    HeadBatch,
+    HeadOutput,
+    MarginConfig,
+    ProbeGallery,
+    build_head,
+    minimum_pool_size,
+)
 from f2c.models import create, input_size
+from f2c.training.step import StepModel, build_optimizer, f2c_views, train_step
 
 DEFAULT_CLASSES = (100_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 DEFAULT_HEADS = ("backbone", "f2c:0.01", "f2c:0.001", "fc", "partial_fc:0.1")
@@ -67,8 +74,21 @@ def _parse_head(spec: str) -> tuple[str, float | None]:
     return name, float(rate) if rate else None
 
 
+class _NoHead(nn.Module):
+    """The floor: a loss on the probe embeddings alone, so the step is backbone-only."""
+
+    requires_gallery = False
+
+    def forward(self, batch: HeadBatch) -> HeadOutput:
+        return HeadOutput(loss=batch.embeddings.float().pow(2).mean())
+
+
 class _Step:
-    """One configured training step; building it allocates everything (so OOM shows here)."""
+    """One configured training step; building it allocates everything (so OOM shows here).
+
+    Built as the trainer builds its own (probe and gallery networks, head, the optimiser of the
+    paper's recipe) and run through the trainer's :func:`~f2c.training.step.train_step`.
+    """
 
     def __init__(
         self,
@@ -82,77 +102,52 @@ class _Step:
         amp: bool,
     ) -> None:
         self.head_name, rate = _parse_head(head_spec)
-        self.device = device
-        self.amp = amp
         size = input_size(backbone_name)
-        per_view = batch_size * 3 // 2
-        self.images_per_step = 2 * per_view
         gen = torch.Generator(device=device).manual_seed(0)
-        self.x = torch.randint(
-            0, 256, (per_view, size, size, 3), dtype=torch.uint8, device=device, generator=gen
-        )
-        self.y = torch.randint(
-            0, 256, (per_view, size, size, 3), dtype=torch.uint8, device=device, generator=gen
-        )
-        # Identity rows of x and y share labels; instance rows are independent draws.
+
+        def images(n: int) -> torch.Tensor:
+            return torch.randint(
+                0, 256, (n, size, size, 3), dtype=torch.uint8, device=device, generator=gen
+            )
+
+        # One instance batch (B images, independent labels) and one identity batch (two images
+        # of B distinct identities), laid out into the views x and y as in training.
         ids = torch.randperm(num_classes, device=device, generator=gen)[:batch_size]
         inst = torch.randint(0, num_classes, (batch_size,), device=device, generator=gen)
-        half = batch_size // 2
-        self.labels_x = torch.cat([ids, inst[:half]])
-        self.labels_y = torch.cat([ids, inst[half : half + per_view - batch_size]])
+        self.input = f2c_views(
+            (images(batch_size), inst), (images(batch_size), images(batch_size), ids), device
+        )
+        self.images_per_step = self.input.images.shape[0]
 
-        backbone = create(backbone_name, embedding_size=embedding_size).to(device)
-        self.nets = ProbeGallery(backbone) if self.head_name == "f2c" else None
-        self.probe = self.nets.probe if self.nets is not None else backbone
-        params = list(self.probe.parameters())
-        self.head: torch.nn.Module | None = None
+        backbone = create(backbone_name, embedding_size=embedding_size)
+        nets = ProbeGallery(backbone).to(device)
+        head: nn.Module = _NoHead()
         self.pool_size: int | None = None
         if self.head_name != "backbone":
-            pool_size = None
             if self.head_name == "f2c":
                 assert rate is not None, "f2c needs a pool ratio, e.g. f2c:0.01"
                 # A pool below one pass's inserts is refused by the head: tiny C is clamped up
                 # to that minimum, and the table records the Q actually used.
-                pool_size = max(int(rate * num_classes), minimum_pool_size(batch_size, 1))
-                self.pool_size = pool_size
-            self.head = build_head(
+                self.pool_size = max(int(rate * num_classes), minimum_pool_size(batch_size, 1))
+            head = build_head(
                 self.head_name,
                 num_classes=num_classes,
                 embedding_size=embedding_size,
                 margin=MarginConfig(kind="cosface", margin=0.4, scale=32.0),
                 batch_size=batch_size,
-                pool_size=pool_size,
+                pool_size=self.pool_size,
                 sample_rate=rate if rate is not None else 0.1,
                 device=device,
             )
-            params += [p for p in self.head.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        self.model = StepModel(
+            nets=nets,
+            head=head,
+            optimizer=build_optimizer(nets.probe, head, OptimConfig()),
+            amp_dtype=torch.bfloat16 if amp else None,
+        )
 
     def __call__(self) -> None:
-        x, y = normalize(self.x), normalize(self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            if self.head_name == "f2c":
-                assert self.nets is not None and self.head is not None
-                self.nets.update_gallery()
-                gallery_x = self.nets.gallery_forward(x)
-                gallery_y = self.nets.gallery_forward(y)
-                probe_x, probe_y = self.probe(x), self.probe(y)
-                loss = self.head(
-                    probe_x, self.labels_x, gallery_x, probe_y, self.labels_y, gallery_y
-                ).loss
-            else:
-                embeddings = self.probe(torch.cat([x, y]))
-                if self.head is None:
-                    loss = embeddings.float().pow(2).mean()
-                else:
-                    labels = torch.cat([self.labels_x, self.labels_y])
-                    loss = self.head(embeddings, labels).loss
-        loss.backward()
-        self.optimizer.step()
+        train_step(self.model, self.input)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -205,7 +200,7 @@ def measure(
         head=head_spec,
         num_classes=num_classes,
         batch_size=batch_size,
-        images_per_step=2 * (batch_size * 3 // 2),
+        images_per_step=3 * batch_size,
     )
     step: _Step | None = None
     try:

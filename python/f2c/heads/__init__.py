@@ -1,7 +1,8 @@
 """Classification heads: the F²C dynamic class pool and the FC / Partial FC baselines.
 
-``build_head(name, ...)`` makes any of them; all return :class:`HeadOutput` and expose
-``requires_gallery``, ``full_state_dict()`` and ``load_full_state_dict(state)``.
+``build_head(name, ...)`` makes any of them; every head's ``forward`` takes a :class:`HeadBatch`
+and returns a :class:`HeadOutput`, and every head exposes ``requires_gallery`` (whether it reads
+the batch's gallery embeddings), ``full_state_dict()`` and ``load_full_state_dict(state)``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, get_args
 import torch
 from torch import nn
 
+from f2c.heads.batch import HeadBatch
 from f2c.heads.f2c_head import DynamicClassPool, minimum_pool_size, outlier_top_k
 from f2c.heads.fc import FullFC, PartialFC, shard_range, sharded_cross_entropy
 from f2c.heads.margins import MarginConfig, margin_logits, margined_target_cosine
@@ -21,6 +23,7 @@ from f2c.heads.probe_gallery import ProbeGallery
 __all__ = [
     "DynamicClassPool",
     "FullFC",
+    "HeadBatch",
     "HeadName",
     "HeadOutput",
     "LossWeighting",

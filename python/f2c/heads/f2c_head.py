@@ -47,6 +47,7 @@ from torch import nn
 
 from f2c._labels import as_label_array
 from f2c.distributed import get_world_size, is_distributed
+from f2c.heads.batch import HeadBatch
 from f2c.heads.margins import MarginConfig, margin_logits
 from f2c.heads.output import HeadOutput
 from f2c.heads.pool_writes import WritePlan, plan_writes
@@ -82,8 +83,8 @@ class _PassView:
 class DynamicClassPool(nn.Module):
     """The F²C head: a pool of ``pool_size`` class slots written by the gallery network.
 
-    ``forward(probe_x, labels_x, gallery_x, probe_y, labels_y, gallery_y)`` runs the two passes
-    of one step; embeddings are raw ``[n, D]`` (normalised here), labels int64 ``[n]``.
+    ``forward(batch)`` runs the two passes of one step on a :class:`HeadBatch` with gallery
+    embeddings; embeddings are raw (normalised here), labels int64.
     ``batch_size`` is the per-rank batch B of the training loop (each view has ``1.5·B`` rows);
     a pool smaller than :func:`minimum_pool_size` is refused.
 
@@ -353,15 +354,12 @@ class DynamicClassPool(nn.Module):
         in_pool = n - outlier_rows.sum()
         return loss, in_pool, pool_ce.detach(), outlier.detach()
 
-    def forward(
-        self,
-        probe_x: torch.Tensor,
-        labels_x: torch.Tensor,
-        gallery_x: torch.Tensor,
-        probe_y: torch.Tensor,
-        labels_y: torch.Tensor,
-        gallery_y: torch.Tensor,
-    ) -> HeadOutput:
+    def forward(self, batch: HeadBatch) -> HeadOutput:
+        if batch.gallery is None:
+            raise ValueError("the f2c head needs the gallery embeddings (HeadBatch.gallery)")
+        probe_x, labels_x, gallery_x = batch.view("x")
+        probe_y, labels_y, gallery_y = batch.view("y")
+        assert gallery_x is not None and gallery_y is not None
         self._check_pair(probe_x, labels_x, gallery_x, "x")
         self._check_pair(probe_y, labels_y, gallery_y, "y")
         with torch.autocast(probe_x.device.type, enabled=False):

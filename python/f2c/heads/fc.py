@@ -11,7 +11,7 @@ single-process loss. The margin is applied to the positive logit on the shard th
 random negatives up to ``ceil(sample_rate · shard size)`` classes, and computes the softmax over
 the sampled classes only. The sampled centres are copied into a small leaf tensor; its gradient
 is scattered into ``weight.grad`` by a hook (rows not sampled get 0). ``weight[index]`` under
-autograd would instead build a full-size gradient through a huge index backward (DESIGN §5).
+autograd would instead build a full-size gradient through a huge index backward (docs/design.md §5).
 The scattered gradient lives in a buffer the head keeps and re-uses across steps, zeroing only
 the rows it wrote last time, so no shard-sized tensor is allocated per step. The training loop's
 optimizer updates ``weight`` as usual (momentum SGD then decays every row, as in insightface's
@@ -35,6 +35,7 @@ from f2c.distributed import (
     get_rank,
     get_world_size,
 )
+from f2c.heads.batch import HeadBatch
 from f2c.heads.margins import MarginConfig, margin_logits
 from f2c.heads.output import HeadOutput
 
@@ -226,9 +227,10 @@ class FullFC(_ShardedHead):
 
     kind = "fc"
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        with torch.autocast(embeddings.device.type, enabled=False):
-            emb, all_labels = self._gather(embeddings, labels)
+    def forward(self, batch: HeadBatch) -> HeadOutput:
+        """Margin softmax of all the batch's probe rows (both views)."""
+        with torch.autocast(batch.embeddings.device.type, enabled=False):
+            emb, all_labels = self._gather(batch.embeddings, batch.labels)
             loss = self._loss(emb, self.weight, self._local_target(all_labels))
         return HeadOutput(loss=loss, stats={})
 
@@ -293,9 +295,10 @@ class PartialFC(_ShardedHead):
         self._grad_version = buf._version
         weight.grad = buf
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        with torch.autocast(embeddings.device.type, enabled=False):
-            emb, all_labels = self._gather(embeddings, labels)
+    def forward(self, batch: HeadBatch) -> HeadOutput:
+        """Margin softmax of all the batch's probe rows (both views) over sampled classes."""
+        with torch.autocast(batch.embeddings.device.type, enabled=False):
+            emb, all_labels = self._gather(batch.embeddings, batch.labels)
             local = self._local_target(all_labels)
             index = self.sample(local)
             self.last_sampled = index

@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
     "CheckpointError",
     "atomic_save",
     "capture_rng_state",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "f2c-train-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.pt"  # in the run folder
 
 
 class CheckpointError(ValueError):

@@ -1,48 +1,56 @@
-"""The training loop: model, head, optimiser, the two loaders, the F²C step, checkpoints.
+"""The trainer: one object that owns a run's networks, head, optimiser, loaders and counters.
 
 One ``Trainer`` per process. Under torchrun every rank builds the same objects; the probe network
 is wrapped in DDP, the head is not (it gathers what it needs itself). Collective calls
-(``state_dict``, ``save_checkpoint``) must be made by every rank.
+(``fit``, ``state_dict``, ``save_checkpoint``) must be made by every rank.
 
-The F²C step (DESIGN §1): the instance batch (B images) is split in halves I1, I2 and the identity
-batch gives two views of B identities; x = [view 1; I1], y = [view 2; I2]. One probe forward of
-[x; y] gives the probe embeddings; the gallery (EMA of the probe, updated first) embeds [x; y]
-without gradients; the head runs its two passes. Baseline heads (fc, partial_fc) see exactly the
-same 3B images and labels, so the comparison is fair.
+Each iteration takes one instance batch and one identity batch, lays them out as the two F²C
+views (:func:`~f2c.training.step.f2c_views`) and runs :func:`~f2c.training.step.train_step`.
+Baseline heads (fc, partial_fc) see exactly the same images and labels, so the comparison is fair.
+Metric rows go to every sink in ``Trainer.sinks`` (anything with ``append(row)``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import math
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from tqdm import tqdm
 
 from f2c.config import Config
-from f2c.data.loaders import IdentityDataset, InstanceDataset, TrainingDb, make_loader
-from f2c.data.samplers import DistributedIdentitySampler, DistributedInstanceSampler
-from f2c.data.transforms import normalize
-from f2c.heads import minimum_pool_size  # the head's own rule: y holds B + ⌈B/2⌉ rows
+from f2c.data.loaders import TrainingDb
+from f2c.heads import ProbeGallery, minimum_pool_size
+from f2c.training import build
+from f2c.training.build import resolve_pool_size, unwrap
 from f2c.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
     atomic_save,
     capture_rng_state,
     restore_rng_state,
 )
+from f2c.training.errors import NonFiniteLossError, TrainingError
 from f2c.training.runtime import Runtime
 from f2c.training.schedule import lr_multiplier, set_lr
+from f2c.training.step import (
+    StepModel,
+    StepResult,
+    build_optimizer,
+    f2c_views,
+    train_step,
+)
 
 __all__ = [
+    "FitResult",
+    "MetricsSink",
     "NonFiniteLossError",
+    "RunStats",
     "StepResult",
     "Trainer",
     "TrainingError",
@@ -51,47 +59,10 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or continue for a reason the user can fix (data, sizes, config)."""
+class MetricsSink(Protocol):
+    """Where metric rows go (``MetricsLog`` writes JSONL; other sinks may plot or stream)."""
 
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; the run stops before the optimiser step."""
-
-
-def resolve_pool_size(config: Config, num_classes: int, world_size: int) -> int:
-    """The pool size Q for ``config``; refuses a Q too small for one pass (DESIGN §1)."""
-    head = config.head
-    minimum = minimum_pool_size(config.train.batch_size, world_size)
-    if head.pool_size is not None:
-        q, given = head.pool_size, f"head.pool_size={head.pool_size}"
-    elif head.pool_ratio is not None:
-        q = max(1, int(round(head.pool_ratio * num_classes)))
-        given = f"head.pool_ratio={head.pool_ratio} of {num_classes} classes = {q}"
-    else:
-        q = max(int(math.ceil(0.01 * num_classes)), 2 * minimum)
-        given = None
-    q = min(q, num_classes) if given is None else q
-    if q > num_classes:
-        raise TrainingError(
-            f"pool size {q} ({given}) exceeds the number of classes {num_classes}"
-        )
-    if q < minimum:
-        what = given or f"the default pool size {q} (capped at {num_classes} classes)"
-        raise TrainingError(
-            f"pool too small for the batch: {what}, but one F²C pass inserts up to "
-            f"{minimum} labels ({world_size} ranks x 1.5 x batch {config.train.batch_size}); "
-            f"labels of low ranks would be evicted within the pass. Use a pool size of at "
-            f"least {minimum}, or a smaller batch."
-        )
-    return q
-
-
-@dataclass
-class StepResult:
-    loss: float
-    stats: dict[str, float]
-    images: int  # images through the probe on all ranks
+    def append(self, row: Mapping[str, Any]) -> None: ...
 
 
 @dataclass
@@ -103,145 +74,92 @@ class RunStats:
     step_seconds: float = 0.0
     data_seconds: float = 0.0
 
-
-def _buffer_sync_kwargs(sync: bool) -> dict[str, bool]:
-    """DDP's per-forward buffer broadcast switch (renamed ``forward_sync_buffers`` in torch 2.1x;
-    both still sync once at construction, which is what we want)."""
-    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    if "forward_sync_buffers" in params:
-        return {"forward_sync_buffers": sync}
-    return {"broadcast_buffers": sync}
+    def add(self, images: int, seconds: float, waited: float) -> None:
+        self.steps += 1
+        self.images += images
+        self.step_seconds += seconds
+        self.data_seconds += waited
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under DDP / torch.compile wrappers."""
-    inner = getattr(module, "_orig_mod", module)
-    return getattr(inner, "module", inner)
+@dataclass
+class FitResult:
+    last_row: dict[str, Any]  # the last train row logged
+    accuracy: float | None  # held-out accuracy of the final weights, if the loop measured it
 
 
 class Trainer:
     """Builds everything for one process and runs (or resumes) the training trajectory."""
 
-    def __init__(self, config: Config, runtime: Runtime, db: TrainingDb, run_dir: Path) -> None:
-        from f2c import heads, models
-
-        self.config = config
-        self.runtime = runtime
-        self.db = db
-        self.run_dir = run_dir
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        db: TrainingDb,
+        run_dir: Path,
+        *,
+        sinks: Sequence[MetricsSink] = (),
+    ) -> None:
+        tcfg = config.train
+        self.config, self.runtime, self.db, self.run_dir = config, runtime, db, run_dir
         self.device = runtime.device
-        cfg, tcfg = config, config.train
-        if tcfg.amp != "none" and self.device.type != "cuda":
-            raise TrainingError(
-                f"train.amp={tcfg.amp} needs a CUDA device; this run is on {self.device} "
-                "(use --train.amp none)"
-            )
         self.batch_size = tcfg.batch_size
         self.num_classes = db.num_classes
         self.image_size = db.image_size
-
-        # Samplers first: they refuse too-small dbs and more ranks than identities.
-        try:
-            self.identity_sampler = DistributedIdentitySampler(
-                np.asarray(db.index.identity_offsets), np.asarray(db.index.identity_rows),
-                self.batch_size, rank=runtime.rank, world_size=runtime.world_size,
-                seed=tcfg.seed,
-            )
-            self.instance_sampler = DistributedInstanceSampler(
-                len(db), self.batch_size, rank=runtime.rank,
-                world_size=runtime.world_size, seed=tcfg.seed,
-            )
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from exc
+        autocast = build.amp_dtype(tcfg, self.device)
+        self.identity_sampler, self.instance_sampler = build.build_samplers(db, tcfg, runtime)
         self.steps_per_epoch = self.instance_sampler.steps_per_epoch
-
         self.pool_size = (
             resolve_pool_size(config, self.num_classes, runtime.world_size)
-            if cfg.head.name == "f2c" else None
+            if config.head.name == "f2c" else None
         )
-
-        # Identical initial weights on every rank (DDP also broadcasts rank 0's at wrap time,
-        # but the gallery copy and the head are built before that).
-        torch.manual_seed(tcfg.seed)
-        backbone = self._create_backbone(models)
-        self.nets = heads.ProbeGallery(backbone, momentum=cfg.head.ema_momentum).to(self.device)
-        margin = cfg.head.margin_config()
-        self.head = heads.build_head(
-            cfg.head.name,
-            num_classes=self.num_classes,
-            embedding_size=cfg.model.embedding_size,
-            margin=margin,
-            batch_size=self.batch_size,
-            pool_size=self.pool_size,
-            sample_rate=cfg.head.sample_rate,
-            device=self.device,
-        )
+        self.nets, self.head = self._build_networks()
         # Per-rank stream for anything random inside the step (e.g. partial_fc sampling).
         torch.manual_seed(tcfg.seed + 1_000_003 * (runtime.rank + 1))
-
-        probe: nn.Module = self.nets.probe
-        if runtime.distributed:
-            # broadcast_buffers=False: BN running statistics only matter in eval mode; every rank
-            # keeps its own estimate between checkpoints and save_checkpoint() re-syncs them
-            # from rank 0, so saved state is the same on all ranks. The pool is never a DDP buffer.
-            probe = nn.parallel.DistributedDataParallel(
-                probe,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **_buffer_sync_kwargs(tcfg.broadcast_buffers),
-            )
-        if tcfg.compile:
-            probe = torch.compile(probe)  # type: ignore[assignment]
-        self.probe = probe
-
-        ocfg = cfg.optim
-        self.optimizer = torch.optim.SGD(
-            [
-                {"params": list(self.nets.probe.parameters()), "name": "probe"},
-                {"params": list(self.head.parameters()), "name": "head"},
-            ],
-            lr=ocfg.lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov and ocfg.momentum > 0,
-            weight_decay=ocfg.weight_decay,
+        self.model = StepModel(
+            nets=self.nets,
+            head=self.head,
+            optimizer=build_optimizer(self.nets.probe, self.head, config.optim),
+            probe=build.wrap_probe(self.nets.probe, tcfg, runtime),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16"),
+            amp_dtype=autocast,
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.amp)
-
-        pin = self.device.type == "cuda"
-        workers = cfg.data.workers
-        self.instance_loader = make_loader(
-            InstanceDataset(db), self.instance_sampler, workers=(workers + 1) // 2,
-            prefetch=cfg.data.prefetch, pin_memory=pin,
+        self.identity_loader, self.instance_loader = build.build_loaders(
+            db, self.identity_sampler, self.instance_sampler, config.data, self.device
         )
-        self.identity_loader = make_loader(
-            IdentityDataset(db), self.identity_sampler, workers=workers // 2,
-            prefetch=cfg.data.prefetch, pin_memory=pin,
-        )
+        self.sinks: list[MetricsSink] = list(sinks)
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
         self.finished = False
         self.best_effort_resume = False
         self.stats = RunStats()
+        self._identity_iter: Iterator[Any] | None = None
 
-    def _create_backbone(self, models: Any) -> nn.Module:
-        """The configured backbone, built for the db's image size."""
-        name = self.config.model.backbone
-        height, width = self.image_size
-        if height != width:
-            raise TrainingError(f"the training db holds {height}x{width} images; need squares")
-        kwargs: dict[str, Any] = {}
-        try:
-            native = models.input_size(name)
-        except ValueError as exc:
-            raise TrainingError(f"model.backbone: {exc}") from exc
-        if height != native:
-            kwargs["input_size"] = height  # backbones size their final pooling from it
-        try:
-            return models.create(name, embedding_size=self.config.model.embedding_size, **kwargs)
-        except TypeError as exc:
-            raise TrainingError(
-                f"backbone {name!r} expects {native}x{native} inputs and cannot be built for the "
-                f"db's {height}x{width} images: {exc}"
-            ) from exc
+    def _build_networks(self) -> tuple[ProbeGallery, torch.nn.Module]:
+        """Probe, gallery and head, with the same initial weights on every rank.
+
+        DDP also broadcasts rank 0's weights at wrap time, but the gallery copy and the head
+        are built before that. Weights loaded from elsewhere belong on the backbone here,
+        before the gallery copies it.
+        """
+        torch.manual_seed(self.config.train.seed)
+        backbone = build.build_backbone(self.config, self.image_size)
+        nets = ProbeGallery(backbone, momentum=self.config.head.ema_momentum).to(self.device)
+        head = build.build_head(self.config, self.num_classes, self.pool_size, self.device)
+        return nets, head
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.model.optimizer
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        assert self.model.scaler is not None
+        return self.model.scaler
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
 
     # ------------------------------------------------------------------ schedule
 
@@ -276,61 +194,140 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def step(
         self,
         instance: tuple[torch.Tensor, torch.Tensor],
         identity: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> StepResult:
-        """One optimiser step on one instance batch and one identity batch (uint8 images)."""
-        dev = self.device
-        inst_images, inst_labels = (t.to(dev, non_blocking=True) for t in instance)
-        view1, view2, id_labels = (t.to(dev, non_blocking=True) for t in identity)
-        half = inst_images.shape[0] // 2
-        x = torch.cat([view1, inst_images[:half]])
-        y = torch.cat([view2, inst_images[half:]])
-        labels_x = torch.cat([id_labels, inst_labels[:half]])
-        labels_y = torch.cat([id_labels, inst_labels[half:]])
-        images = normalize(torch.cat([x, y]))
-        n_x = x.shape[0]
+        """One optimiser step on one instance batch and one identity batch (uint8 images).
 
+        Does not advance the counters (``fit`` does, once the step is timed)."""
         set_lr(self.optimizer, self.current_lr())
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            embeddings = self.probe(images)
-        if self.head.requires_gallery:
-            self.nets.update_gallery()  # EMA step before the gallery forward (DESIGN §1.3)
-            with self._autocast():
-                gallery = self.nets.gallery_forward(images)
-            out = self.head(
-                embeddings[:n_x].float(), labels_x, gallery[:n_x].float(),
-                embeddings[n_x:].float(), labels_y, gallery[n_x:].float(),
-            )
-        else:
-            out = self.head(embeddings.float(), torch.cat([labels_x, labels_y]))
-        loss = out.loss
-        loss_value = self._mean_across_ranks(loss.detach().float())
-        if not math.isfinite(loss_value):
+        try:
+            return train_step(self.model, f2c_views(instance, identity, self.device))
+        except NonFiniteLossError as exc:
             raise NonFiniteLossError(
-                f"loss became {loss_value} at step {self.global_step + 1} (epoch "
-                f"{self.epoch}, lr {self.current_lr():.4g}); stopped before the optimiser step"
-            )
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        stats = {k: float(v) for k, v in out.stats.items()}
-        return StepResult(loss_value, stats, images.shape[0] * self.runtime.world_size)
+                f"loss became {exc.value} at step {self.global_step + 1} (epoch "
+                f"{self.epoch}, lr {self.current_lr():.4g}); stopped before the optimiser step",
+                exc.value,
+            ) from None
 
-    def _mean_across_ranks(self, value: torch.Tensor) -> float:
-        if self.runtime.distributed:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.runtime.world_size
-        return float(value)
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, eval_pairs: str | None = None) -> FitResult:
+        """Train until the configured end, writing checkpoints and metric rows as it goes.
+
+        Evaluates on ``eval_pairs`` after each epoch when ``train.eval_every_epoch`` is set.
+        """
+        cfg = self.config.train
+        bar = tqdm(
+            total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
+            disable=not (self.runtime.is_main and cfg.progress), file=sys.stderr,
+        )
+        self._open_identity_stream()
+        window = RunStats()
+        last: dict[str, Any] = {}
+        accuracy: float | None = None
+        try:
+            while not self.reached_end():
+                t_prev = time.perf_counter()
+                for instance, identity, waited in self._batches():
+                    result = self.step(instance, identity)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    now = time.perf_counter()
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    self.stats.add(result.images, now - t_prev, waited)
+                    window.add(result.images, now - t_prev, waited)
+                    bar.update(1)
+                    if self.global_step % cfg.log_every == 0 or self.global_step == 1:
+                        last = self._train_row(result, window)
+                        window = RunStats()
+                        self._emit(last)
+                        bar.set_postfix(_postfix(last), refresh=False)
+                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.reached_end():
+                        return FitResult(last, None)  # mid-epoch: no evaluation of these weights
+                    t_prev = time.perf_counter()
+                accuracy = self._end_epoch(eval_pairs, bar)
+        finally:
+            bar.close()
+            self._close_identity_stream()
+        return FitResult(last, accuracy)
+
+    def _batches(self) -> Iterator[tuple[Any, Any, float]]:
+        """This epoch's remaining (instance, identity, seconds waited) from both loaders."""
+        self.instance_sampler.set_epoch(self.epoch, start_step=self.step_in_epoch)
+        assert self._identity_iter is not None
+        inst_iter = iter(self.instance_loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                instance = next(inst_iter)
+            except StopIteration:
+                return
+            identity = next(self._identity_iter)
+            yield instance, identity, time.perf_counter() - t0
+
+    def _open_identity_stream(self) -> None:
+        """One endless identity iterator for the whole run (workers are never respawned)."""
+        self.identity_sampler.set_position(self.global_step)
+        self._identity_iter = iter(self.identity_loader)
+
+    def _close_identity_stream(self) -> None:
+        shutdown = getattr(self._identity_iter, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._identity_iter = None
+
+    def _train_row(self, result: StepResult, window: RunStats) -> dict[str, Any]:
+        seconds = max(window.step_seconds, 1e-9)
+        return {
+            "kind": "train",
+            "step": self.global_step,
+            "epoch": round(self.progress_epochs, 4),
+            "loss": result.loss,
+            "lr": self.current_lr(),
+            "images_per_second": window.images / seconds,
+            "data_wait_share": window.data_seconds / seconds,
+            **result.stats,
+        }
+
+    def _emit(self, row: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.append(row)
+
+    def _end_epoch(self, eval_pairs: str | None, bar: Any) -> float | None:
+        """Advance the epoch counter, evaluate if asked, checkpoint; returns the accuracy."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        accuracy = None
+        if eval_pairs is not None and self.config.train.eval_every_epoch:
+            if self.runtime.is_main:
+                accuracy = self.evaluate(eval_pairs)
+                self._emit({"kind": "eval", "step": self.global_step, "epoch": self.epoch,
+                            "held_out_accuracy": accuracy})
+                bar.write(f"epoch {self.epoch}: held-out accuracy {100 * accuracy:.2f}%")
+            self.runtime.barrier()
+        self.save_checkpoint()
+        return accuracy
+
+    def evaluate(self, pairs_path: str, net: str = "probe") -> float:
+        """Held-out verification accuracy (10-fold) of the probe or gallery net on a pair set."""
+        from f2c.evaluation.pairs import evaluate_pairs
+
+        model = unwrap(self.nets.probe) if net == "probe" else self.nets.gallery
+        result = evaluate_pairs(
+            model,
+            pairs_path,
+            device=self.device,
+            batch_size=self.config.train.eval_batch_size,
+            flip=self.config.train.eval_flip,
+            image_size=self.image_size[0],
+        )
+        return float(result["accuracy"])
 
     # ------------------------------------------------------------------ state
 
@@ -350,7 +347,12 @@ class Trainer:
         return states
 
     def state_dict(self) -> dict[str, Any]:
-        """The whole training state (collective: call on every rank)."""
+        """The whole training state (collective: call on every rank).
+
+        The identity loader's position is not stored: it is ``global_step`` (one identity batch
+        per step). Checkpoints from before that was dropped carry ``identity_position`` too,
+        always equal to ``global_step``; loading ignores it.
+        """
         self._sync_buffers()
         head_state = self.head.full_state_dict()
         optimizer_state = self._optimizer_full_state()
@@ -363,7 +365,7 @@ class Trainer:
                 "image_size": list(self.image_size),
                 "input_size": self.image_size[0],  # models.create(..., input_size=...)
             },
-            "probe": _unwrap(self.nets.probe).state_dict(),
+            "probe": unwrap(self.nets.probe).state_dict(),
             "gallery": self.nets.gallery.state_dict(),
             "head": head_state,
             "optimizer": optimizer_state,
@@ -374,7 +376,6 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.runtime.world_size,
             "batch_size": self.batch_size,
-            "identity_position": self.global_step,
             "finished": self.finished,
             "rng": self._gather_rng(),
         }
@@ -406,7 +407,7 @@ class Trainer:
         try:
             for p, t in zip(params, tensors, strict=True):
                 p.data = t  # type: ignore[assignment]
-            return self.head.full_state_dict()
+            return self.head.full_state_dict()  # type: ignore[no-any-return]
         finally:
             for p, d in zip(params, saved, strict=True):
                 p.data = d
@@ -417,7 +418,7 @@ class Trainer:
             state["world_size"] == self.runtime.world_size
             and state["batch_size"] == self.batch_size
         )
-        _unwrap(self.nets.probe).load_state_dict(state["probe"])
+        unwrap(self.nets.probe).load_state_dict(state["probe"])
         self.nets.gallery.load_state_dict(state["gallery"])
         self._load_optimizer(state["optimizer"])  # before the head: it borrows the head
         try:
@@ -442,11 +443,12 @@ class Trainer:
         if self.runtime.rank < len(rng):
             restore_rng_state(rng[self.runtime.rank])
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Write the training state atomically (collective; rank 0 writes)."""
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        """Write the training state atomically (collective; rank 0 writes); by default to
+        the run folder's checkpoint."""
         state = self.state_dict()
         if self.runtime.is_main:
-            atomic_save(state, path)
+            atomic_save(state, path if path is not None else self.checkpoint_path)
         self.runtime.barrier()
 
     def _load_optimizer(self, state: dict[str, Any]) -> None:
@@ -461,30 +463,10 @@ class Trainer:
         for p in self.head.parameters():
             self.optimizer.state[p]["momentum_buffer"] = p.detach().clone()
 
-    # ------------------------------------------------------------------ loop
 
-    def batches(self) -> Iterator[tuple[Any, Any, float]]:
-        """This epoch's remaining (instance, identity, seconds waited) from both loaders."""
-        self.instance_sampler.set_epoch(self.epoch, start_step=self.step_in_epoch)
-        inst_iter = iter(self.instance_loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                instance = next(inst_iter)
-            except StopIteration:
-                return
-            identity = next(self._identity_iter)
-            yield instance, identity, time.perf_counter() - t0
-
-    def open_identity_stream(self) -> None:
-        """One endless identity iterator for the whole run (workers are never respawned)."""
-        self.identity_sampler.set_position(self.global_step)
-        self._identity_iter = iter(self.identity_loader)
-
-    def close(self) -> None:
-        it = getattr(self, "_identity_iter", None)
-        if it is not None:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            self._identity_iter = None  # type: ignore[assignment]
+def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+    postfix = {"img/s": f"{row['images_per_second']:.0f}", "loss": f"{row['loss']:.3f}",
+               "lr": f"{row['lr']:.3g}"}
+    if "in_pool_fraction" in row:
+        postfix["in_pool"] = f"{row['in_pool_fraction']:.2f}"
+    return postfix
