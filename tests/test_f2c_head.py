@@ -1,4 +1,5 @@
-"""The F²C head on one process, against a deliberately naive implementation of DESIGN.md §1."""
+"""The F²C head on one process, against a deliberately naive implementation of
+docs/design.md §1."""
 
 from __future__ import annotations
 
@@ -29,28 +30,27 @@ D = 6
 
 
 class NaivePool:
-    """DESIGN.md §1 with Python loops over a dict pool: class → [row 0, row 1] and a pointer."""
+    """docs/design.md §1 with Python loops over a dict pool: class → [row 0, row 1] and a
+    pointer."""
 
-    def __init__(self, capacity: int, margin: MarginConfig) -> None:
+    def __init__(self, capacity: int, margin: MarginConfig, weighting: str = "paper") -> None:
         self.capacity = capacity
         self.margin = margin
+        self.weighting = weighting
         self.lru: OrderedDict[int, None] = OrderedDict()  # least recent first
         self.rows: dict[int, list[list[float] | None]] = {}
         self.pointer: dict[int, int] = {}
 
     def write(self, labels: list[int], feats: list[list[float]]) -> set[int]:
-        """Write one gathered batch one feature at a time; returns the hit-and-present classes.
+        """Write one gathered batch one feature at a time; returns the classes hit-written.
 
-        A class counts as present if it is still in the pool when the batch first reaches it
-        (an earlier label of the same batch may have evicted it).
+        A write is a hit when its class is in the pool at that moment (a class written in the
+        batch cannot be evicted later in it: the index refuses more classes than slots).
         """
-        present: set[int] = set()
-        seen: set[int] = set()
+        hit: set[int] = set()
         for label, feat in zip(labels, feats, strict=True):
-            if label not in seen and label in self.lru:
-                present.add(label)
-            seen.add(label)
             if label in self.lru:
+                hit.add(label)
                 self.lru.move_to_end(label)
             else:
                 if len(self.lru) == self.capacity:
@@ -61,7 +61,7 @@ class NaivePool:
                 self.pointer[label] = 0
             self.rows[label][self.pointer[label]] = feat
             self.pointer[label] ^= 1
-        return present
+        return hit
 
     def _target_logit(self, cos: float) -> float:
         m = self.margin.margin
@@ -72,7 +72,8 @@ class NaivePool:
 
     def pass_loss(self, probes: list[list[float]], labels: list[int], hit: set[int]) -> float:
         k = min(outlier_top_k(self.capacity), len(self.lru))
-        total = 0.0
+        ce_sum = outlier_sum = 0.0
+        in_pool_rows = sum(1 for label in labels if label in self.lru)
         for p, label in zip(probes, labels, strict=True):
             for variant in (1, 2):
                 cos = {}
@@ -87,11 +88,15 @@ class NaivePool:
                     logits[label] = s * self._target_logit(cos[label])
                     top = max(logits.values())
                     lse = top + math.log(sum(math.exp(v - top) for v in logits.values()))
-                    total += lse - logits[label]
+                    ce_sum += lse - logits[label]
                 else:
                     best = sorted(cos.values(), reverse=True)[:k]
-                    total += sum(max(v, 0.0) for v in best) / k
-        return total / len(probes)
+                    outlier_sum += sum(max(v, 0.0) for v in best) / k
+        if self.weighting == "row_equal":
+            return (ce_sum + outlier_sum) / len(probes)
+        outlier_rows = len(probes) - in_pool_rows
+        return (ce_sum / in_pool_rows if in_pool_rows else 0.0) + (
+            outlier_sum / outlier_rows if outlier_rows else 0.0)
 
     def step(self, px: Any, lx: Any, gx: Any, py: Any, ly: Any, gy: Any) -> float:
         saved = copy.deepcopy((self.lru, self.rows, self.pointer))
@@ -121,21 +126,25 @@ def _run(head: DynamicClassPool, b: dict[str, torch.Tensor]) -> Any:
     return head(HeadBatch.from_views(b["px"], b["lx"], b["py"], b["ly"], b["gx"], b["gy"]))
 
 
-def _head(pool_size: int, batch_size: int = 4, num_classes: int = 30, **margin: Any) -> Any:
+def _head(
+    pool_size: int, batch_size: int = 4, num_classes: int = 30, weighting: str = "paper",
+    **margin: Any,
+) -> Any:
     cfg = MarginConfig(**{"kind": "cosface", "margin": 0.4, "scale": 16.0, **margin})
     return build_head(
         "f2c", num_classes=num_classes, embedding_size=D, margin=cfg, batch_size=batch_size,
-        pool_size=pool_size,
+        pool_size=pool_size, loss_weighting=weighting,  # type: ignore[arg-type]
     )
 
 
 # ---------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("kind", ["cosface", "arcface"])
-def test_loss_and_pool_match_the_naive_implementation(kind: str) -> None:
-    head = _head(pool_size=8, kind=kind, margin=0.3)
-    naive = NaivePool(8, head.margin)
+@pytest.mark.parametrize(("kind", "weighting"),
+                         [("cosface", "paper"), ("arcface", "paper"), ("cosface", "row_equal")])
+def test_loss_and_pool_match_the_naive_implementation(kind: str, weighting: str) -> None:
+    head = _head(pool_size=8, kind=kind, margin=0.3, weighting=weighting)
+    naive = NaivePool(8, head.margin, weighting)
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):  # small pool, many classes: evictions, duplicates, outliers
         b = _batch(gen, 6, num_classes=30)
@@ -235,6 +244,8 @@ def test_too_small_pool_is_refused_with_the_minimum() -> None:
     with pytest.raises(ValueError, match=r"pool_size >= 192"):
         _head(pool_size=191, batch_size=128)
     _head(pool_size=192, batch_size=128)
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        _head(pool_size=192, batch_size=128, weighting="mean")
     with pytest.raises(ValueError, match="needs a pool_size"):
         build_head("f2c", num_classes=10, embedding_size=D, margin=MarginConfig("cosface", 0.4),
                    batch_size=4, pool_size=None)
@@ -277,7 +288,98 @@ def test_duplicate_rule_is_one_feature_at_a_time_in_gathered_order() -> None:
     assert writes == {(0, 3): 3, (1, 3): 2, (1, 5): 1, (0, 5): 4}
     assert dict(zip(plan.pointer_slots.tolist(), plan.new_pointers.tolist(), strict=True)) == {
         3: 1, 5: 1}
-    assert plan.hit_present.tolist() == [5]
+    # Both slots received hit writes (slot 3: the new class's second and third occurrences).
+    assert plan.row1_slots.tolist() == [3, 5]
+
+
+class NaiveSlotLru:
+    """The paper's per-label bookkeeping, one label at a time: an OrderedDict LRU class → slot
+    (least recent first; the lowest free slot first), per-slot row pointers, and the row-1
+    mask — every slot that receives a hit write, a hit being a class in the pool right then."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lru: OrderedDict[int, int] = OrderedDict()
+        self.pointer = [0] * capacity
+
+    def write(self, labels: list[int]) -> tuple[list[int], list[bool], set[int], dict[Any, int]]:
+        """(slot per label, hit per label, row-1 mask, {(row, slot): source} of final writes)."""
+        slots, hits, mask, writes = [], [], set(), {}
+        for i, label in enumerate(labels):
+            hit = label in self.lru
+            if hit:
+                slot = self.lru[label]
+                self.lru.move_to_end(label)
+                mask.add(slot)
+            else:
+                if len(self.lru) < self.capacity:
+                    slot = len(self.lru)
+                else:
+                    _, slot = self.lru.popitem(last=False)
+                self.lru[label] = slot
+                self.pointer[slot] = 0
+            writes[(self.pointer[slot], slot)] = i
+            self.pointer[slot] ^= 1
+            slots.append(slot)
+            hits.append(hit)
+        return slots, hits, mask, writes
+
+
+def _plan_against_twin(index: Any, twin: NaiveSlotLru, pointers: np.ndarray,
+                       labels: list[int]) -> Any:
+    """Assign ``labels`` in the index and the twin; check the plan against the twin's writes."""
+    slots, hit, _ = index.assign(np.array(labels, dtype=np.int64))
+    want_slots, want_hit, want_mask, want_writes = twin.write(labels)
+    assert slots.tolist() == want_slots and hit.tolist() == want_hit
+    plan = plan_writes(slots, hit, pointers)
+    assert plan.row1_slots.tolist() == sorted(want_mask)
+    writes = {(int(r), int(s)): int(src)
+              for r, s, src in zip(plan.rows, plan.slots, plan.sources, strict=True)}
+    assert writes == want_writes
+    pointers[plan.pointer_slots] = plan.new_pointers
+    assert pointers.tolist() == twin.pointer
+    return plan
+
+
+def test_row1_slots_follow_every_hit_write() -> None:
+    from f2c.pool import ClassPoolIndex
+
+    # The issue's example: a class new to the pool, then hit again in the same batch.
+    plan = plan_writes(np.array([5, 5]), np.array([False, True]), np.zeros(8, dtype=np.uint8))
+    assert plan.row1_slots.tolist() == [5]
+    # New then hit, through the index and the twin: both rows written, slot masked.
+    index, twin = ClassPoolIndex(2), NaiveSlotLru(2)
+    pointers = np.zeros(2, dtype=np.uint8)
+    plan = _plan_against_twin(index, twin, pointers, [7, 7, 8])
+    assert plan.row1_slots.tolist() == [0]
+    # Evicted, then reinserted (the pool is full, 7 least recent): 9 evicts 7 from slot 0, 7
+    # comes back as new in slot 1 (evicting 8) and is hit once more there. Only slot 1 is
+    # masked: the first write of 7 in this batch was a miss.
+    plan = _plan_against_twin(index, twin, pointers, [9, 7, 7])
+    assert plan.row1_slots.tolist() == [1]
+    # A class present before the batch, hit once: masked.
+    plan = _plan_against_twin(index, twin, pointers, [9])
+    assert plan.row1_slots.tolist() == [0]
+
+
+def test_plans_match_the_per_label_twin_on_random_streams() -> None:
+    from f2c.pool import ClassPoolIndex
+
+    rng = np.random.default_rng(11)
+    capacity = 8
+    index, twin = ClassPoolIndex(capacity), NaiveSlotLru(capacity)
+    pointers = np.zeros(capacity, dtype=np.uint8)
+    masked_new_classes = 0
+    for _ in range(300):
+        labels = rng.integers(0, 14, size=int(rng.integers(1, 9))).tolist()
+        if len(set(labels)) > capacity:
+            continue
+        present = set(twin.lru)
+        plan = _plan_against_twin(index, twin, pointers, labels)
+        new_and_hit = {s for s in plan.row1_slots.tolist()
+                       if next(c for c, v in twin.lru.items() if v == s) not in present}
+        masked_new_classes += len(new_and_hit)
+    assert masked_new_classes > 20  # the rule's new case was exercised, not just present hits
 
 
 def test_state_round_trips_through_weights_only_load() -> None:

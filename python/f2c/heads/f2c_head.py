@@ -1,4 +1,4 @@
-"""``DynamicClassPool``: the F²C head (DESIGN.md §1).
+"""``DynamicClassPool``: the F²C head (docs/design.md §1).
 
 State (identical on every rank, never broadcast):
 
@@ -21,22 +21,33 @@ One step, with every rank's gallery features and labels gathered in rank order:
   still pending then fails loudly with autograd's in-place error, never with wrong gradients).
 
 Logits (per pass): ``cos1`` against row 0 of every occupied slot; ``cos2`` equals ``cos1``
-except for slots hit in this batch whose class was already in the pool, which use row 1.
+except at the slots that received a *hit* write in the pass's gathered batch, where it uses
+row 1. A write is a hit when its class is in the pool at that moment in gathered order: a class
+present before the batch, or one that entered earlier in the same batch and occurs again (the
+paper's code adds a slot to its row-1 mask on every hit).
 
 Loss (per pass, for each of cos1 and cos2): a probe row whose class is in the pool (after the
 pass's writes) gets the margin softmax cross-entropy over the occupied slots; a row whose class
 is not ("outlier") gets the mean of its top-k cosines, each clamped at 0, with
-``k = min(max(⌊0.0002·Q⌋, 3), 10)``. Both kinds are summed over rows and divided by the number of
-probe rows, so every probe row weighs the same. The head's loss is the sum over the two passes
-and the two cosine variants (four per-row means). Each rank averages over its own probe rows;
-DDP's gradient averaging then gives the mean over all ranks' rows.
+``k = min(max(⌊0.0002·Q⌋, 3), 10)``. The head's loss is the sum over the two passes and the two
+cosine variants. ``loss_weighting`` says how rows are averaged:
+
+* ``"paper"`` (default, as the paper's code): the cross-entropy mean over in-pool rows plus the
+  outlier-loss mean over outlier rows, each 0 when it has no rows. Under DDP both means are over
+  all ranks' rows (the counts are known on every rank from the gathered labels) and each rank's
+  loss is scaled by the world size, so DDP's gradient averaging gives exactly the gradient of
+  the all-rank means: the result does not depend on how the rows are split over ranks. (The
+  paper's code averages per rank; on one process the two agree.)
+* ``"row_equal"``: both kinds summed over rows and divided by the number of probe rows, so every
+  probe row weighs the same; each rank averages over its own rows and DDP's averaging gives the
+  mean over all rows.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -53,13 +64,18 @@ from f2c.heads.output import HeadOutput
 from f2c.heads.pool_writes import WritePlan, plan_writes
 from f2c.pool import ClassPoolIndex
 
-__all__ = ["DynamicClassPool", "minimum_pool_size", "outlier_top_k"]
+__all__ = ["DynamicClassPool", "LossWeighting", "minimum_pool_size", "outlier_top_k"]
+
+# "paper": CE mean over in-pool rows + outlier mean over outlier rows; "row_equal": every probe
+# row weighs the same.
+LossWeighting = Literal["paper", "row_equal"]
 
 STATE_VERSION = 1
 
 
 def minimum_pool_size(batch_size: int, world_size: int) -> int:
-    """Labels one pass can insert: every rank's y view, ``B + ⌈B/2⌉`` images (DESIGN §1)."""
+    """Labels one pass can insert: every rank's y view, ``B + ⌈B/2⌉`` images (docs/design.md
+    §1)."""
     return world_size * (batch_size + (batch_size + 1) // 2)
 
 
@@ -78,6 +94,7 @@ class _PassView:
     vals0: torch.Tensor  # [len(cols0), D] the features this pass sees there
     cols1: torch.Tensor  # slots where cos2 uses row 1
     vals1: torch.Tensor  # [len(cols1), D] the row-1 features this pass sees there
+    rows: tuple[int, int]  # (in-pool, outlier) probe rows of the pass on all ranks
 
 
 class DynamicClassPool(nn.Module):
@@ -102,10 +119,15 @@ class DynamicClassPool(nn.Module):
         batch_size: int,
         margin: MarginConfig,
         *,
+        loss_weighting: LossWeighting = "paper",
         device: torch.device | str | None = None,
         process_group: Any = None,
     ) -> None:
         super().__init__()
+        if loss_weighting not in get_args(LossWeighting):
+            raise ValueError(
+                f"loss_weighting must be one of {get_args(LossWeighting)}, got {loss_weighting!r}"
+            )
         if num_classes < 1 or embedding_size < 1 or batch_size < 1:
             raise ValueError(
                 f"num_classes, embedding_size and batch_size must be positive, got "
@@ -124,6 +146,7 @@ class DynamicClassPool(nn.Module):
         self.pool_size = int(pool_size)
         self.batch_size = int(batch_size)
         self.margin = margin
+        self.loss_weighting = loss_weighting
         self.process_group = process_group
         self.top_k = outlier_top_k(self.pool_size)
         self.register_buffer(
@@ -138,7 +161,8 @@ class DynamicClassPool(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
-            f"pool_size={self.pool_size}, batch_size={self.batch_size}, margin={self.margin}"
+            f"pool_size={self.pool_size}, batch_size={self.batch_size}, margin={self.margin}, "
+            f"loss_weighting={self.loss_weighting!r}"
         )
 
     # ------------------------------------------------------------------ inputs
@@ -255,6 +279,7 @@ class DynamicClassPool(nn.Module):
         slots_a, hit_a, _ = self._assign(all_ly, undoable=True)
         try:
             targets_a = self.index.lookup(labels_x)
+            in_pool_a = self._in_pool_rows(targets_a, all_lx)
             count_a = len(self.index)
         finally:
             self.index.undo()
@@ -262,13 +287,14 @@ class DynamicClassPool(nn.Module):
         # Pass B, kept.
         slots_b, hit_b, evicted_b = self._assign(all_lx, undoable=False)
         targets_b = self.index.lookup(labels_y)
+        in_pool_b = self._in_pool_rows(targets_b, all_ly)
         count_b = len(self.index)
         plan_b = plan_writes(slots_b, hit_b, pointers)
 
         with torch.no_grad():
-            view_a = self._tentative_view(plan_a, plan_b, feats_y, count_a, targets_a)
+            view_a = self._tentative_view(plan_a, plan_b, feats_y, count_a, targets_a, in_pool_a)
             self._apply(plan_b, feats_x)
-            hit_b_idx = self._device_index(plan_b.hit_present)
+            hit_b_idx = self._device_index(plan_b.row1_slots)
             empty = self._device_index(np.empty(0, dtype=np.int64))
             view_b = _PassView(
                 count=count_b,
@@ -277,12 +303,23 @@ class DynamicClassPool(nn.Module):
                 vals0=self.prototypes.new_zeros(0, self.embedding_size),
                 cols1=hit_b_idx,
                 vals1=self.prototypes[1, hit_b_idx],
+                rows=in_pool_b,
             )
         stats = {
             "pool_occupancy": count_b / self.pool_size,
             "pool_evictions": float(evicted_b.size),
         }
         return view_a, view_b, stats
+
+    def _in_pool_rows(
+        self, targets: npt.NDArray[np.int64], all_labels: npt.NDArray[np.int64]
+    ) -> tuple[int, int]:
+        """(in-pool, outlier) probe rows of a pass over all ranks (every rank has every
+        rank's labels and the same index, so no communication is needed)."""
+        if all_labels.shape[0] != targets.shape[0]:  # gathered from several ranks
+            targets = self.index.lookup(all_labels)
+        in_pool = int(np.count_nonzero(targets >= 0))
+        return in_pool, int(targets.shape[0]) - in_pool
 
     def _tentative_view(
         self,
@@ -291,6 +328,7 @@ class DynamicClassPool(nn.Module):
         feats_y: torch.Tensor,
         count_a: int,
         targets_a: npt.NDArray[np.int64],
+        rows_a: tuple[int, int],
     ) -> _PassView:
         """Pass A's view, as overrides of the pool *after* pass B's writes (read before them)."""
         # Row 0: A's own writes, and the pre-B values of slots B is about to overwrite.
@@ -306,8 +344,8 @@ class DynamicClassPool(nn.Module):
                 feats_y[self._device_index(a0_src)].to(self.prototypes.dtype),
             ]
         )
-        # Row 1 for cos2, at A's hit-and-present slots: A's write if any, else the current row.
-        cols1 = plan_a.hit_present
+        # Row 1 for cos2, at the slots A hit-wrote: A's write if any, else the current row.
+        cols1 = plan_a.row1_slots
         vals1 = self.prototypes[1, self._device_index(cols1)]
         a1_slots, a1_src = plan_a.slots_of_row(1)
         row1_source = np.full(self.pool_size, -1, dtype=np.int64)
@@ -325,6 +363,7 @@ class DynamicClassPool(nn.Module):
             vals0=vals0,
             cols1=self._device_index(cols1),
             vals1=vals1,
+            rows=rows_a,
         )
 
     # ------------------------------------------------------------------ loss
@@ -350,7 +389,13 @@ class DynamicClassPool(nn.Module):
             )
             top = cos.topk(k, dim=1).values.clamp_min(0.0).mean(dim=1)
             outlier = outlier + (top * outlier_rows).sum()
-        loss = (pool_ce + outlier) / n
+        if self.loss_weighting == "paper":
+            # Means over each kind's rows on all ranks, times the world size: DDP's averaging
+            # of the gradients over ranks then gives the gradient of the all-rank means.
+            in_rows, out_rows = view.rows
+            loss = (pool_ce / max(in_rows, 1) + outlier / max(out_rows, 1)) * self.world_size
+        else:
+            loss = (pool_ce + outlier) / n
         in_pool = n - outlier_rows.sum()
         return loss, in_pool, pool_ce.detach(), outlier.detach()
 

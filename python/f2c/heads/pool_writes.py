@@ -10,6 +10,12 @@ were written one feature at a time, in gathered (rank) order":
 So a class that occurs k times in one batch ends with its last occurrence (and, for k ≥ 2, its
 second-to-last) in the pool and its pointer flipped k times. Each (row, slot) is written at most
 once by a plan, so the device write is a scatter without duplicate indices: no racing writers.
+
+The plan also says where cos2 reads row 1 (docs/design.md §1): every slot that received a *hit*
+write, i.e. a write whose class was in the pool at that moment in gathered order — a class
+present before the batch, or one that entered earlier in the same batch and occurs again. (The
+index refuses a batch with more distinct classes than slots, so a class written in a batch is
+never evicted later in it, and each slot holds one class across the batch's writes.)
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class WritePlan:
     sources: Int64Array  # index into the gathered batch of the feature written
     pointer_slots: Int64Array  # distinct slots touched, ascending
     new_pointers: npt.NDArray[np.uint8]  # their pointers after the batch
-    hit_present: Int64Array  # touched slots whose class was in the pool before the batch
+    row1_slots: Int64Array  # slots that received a hit write, ascending: cos2 reads row 1
 
     def slots_of_row(self, row: int) -> tuple[Int64Array, Int64Array]:
         """(slots, sources) of the writes into pool row ``row``."""
@@ -77,5 +83,5 @@ def plan_writes(
         sources=np.concatenate(sources),
         pointer_slots=distinct,
         new_pointers=((first_row + counts) % 2).astype(np.uint8),
-        hit_present=distinct[present],
+        row1_slots=np.unique(slots[hit]).astype(np.int64, copy=False),
     )
