@@ -13,12 +13,7 @@ import torch
 from torch import nn
 
 from f2c.heads.batch import HeadBatch
-from f2c.heads.f2c_head import (
-    DynamicClassPool,
-    LossWeighting,
-    minimum_pool_size,
-    outlier_top_k,
-)
+from f2c.heads.f2c_head import DynamicClassPool, minimum_pool_size, outlier_top_k
 from f2c.heads.fc import FullFC, PartialFC, shard_range, sharded_cross_entropy
 from f2c.heads.margins import MarginConfig, margin_logits, margined_target_cosine
 from f2c.heads.names import HeadName, LossWeighting, MarginKind

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -60,15 +60,12 @@ from f2c._labels import as_label_array
 from f2c.distributed import get_world_size, is_distributed
 from f2c.heads.batch import HeadBatch
 from f2c.heads.margins import MarginConfig, margin_logits
+from f2c.heads.names import LossWeighting
 from f2c.heads.output import HeadOutput
 from f2c.heads.pool_writes import WritePlan, plan_writes
 from f2c.pool import ClassPoolIndex
 
-__all__ = ["DynamicClassPool", "LossWeighting", "minimum_pool_size", "outlier_top_k"]
-
-# "paper": CE mean over in-pool rows + outlier mean over outlier rows; "row_equal": every probe
-# row weighs the same.
-LossWeighting = Literal["paper", "row_equal"]
+__all__ = ["DynamicClassPool", "minimum_pool_size", "outlier_top_k"]
 
 STATE_VERSION = 1
 

@@ -122,6 +122,7 @@ class Trainer:
             probe=build.wrap_probe(self.nets.probe, tcfg, runtime),
             scaler=torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16"),
             amp_dtype=autocast,
+            clip_grad_norm=config.optim.clip_grad_norm,
         )
         self.identity_loader, self.instance_loader = build.build_loaders(
             db, self.identity_sampler, self.instance_sampler, config.data, self.device
