@@ -1,10 +1,9 @@
-"""Synthetic identities: layout, pairs protocol, determinism, caching, hardness, and the exact
-k-fold threshold accuracy used for the pixel baseline."""
+"""Synthetic identities: layout, pairs protocol, determinism, caching, hardness, and the pixel
+baseline (scored by f2c.evaluation)."""
 
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
 import subprocess
 import sys
@@ -17,11 +16,8 @@ from PIL import Image
 import f2c
 from f2c.data import synthetic
 from f2c.data.db import read_label_map
-from f2c.data.synthetic import (
-    kfold_threshold_accuracy,
-    make_synthetic_dataset,
-    pixel_cosine_accuracy,
-)
+from f2c.data.synthetic import make_synthetic_dataset, pixel_cosine_accuracy
+from f2c.evaluation.metrics import kfold_accuracy
 
 SMALL = {
     "num_identities": 6,
@@ -141,33 +137,8 @@ def test_raw_pixels_are_not_enough(tmp_path: Path) -> None:
     )
     accuracy = pixel_cosine_accuracy(data.pairs_path)
     assert 0.5 <= accuracy <= 0.75
-
-
-def brute_force_kfold(scores: np.ndarray, same: np.ndarray, folds: int) -> float:
-    """Every cut between distinct training scores, highest threshold first on ties."""
-    accs = []
-    for part in np.array_split(np.arange(len(scores)), folds):
-        train = np.setdiff1d(np.arange(len(scores)), part)
-        values = np.unique(scores[train])[::-1]
-        cuts = [values[0] + 1.0]
-        cuts += [(hi + lo) / 2 for hi, lo in itertools.pairwise(values)]
-        cuts.append(values[-1] - 1.0)
-        train_acc = [((scores[train] > t) == same[train]).mean() for t in cuts]
-        best = cuts[int(np.argmax(train_acc))]
-        accs.append(((scores[part] > best) == same[part]).mean())
-    return float(np.mean(accs))
-
-
-def test_kfold_threshold_is_exact() -> None:
-    rng = np.random.default_rng(5)
-    for trial in range(20):
-        n = int(rng.integers(20, 60))
-        same = rng.uniform(0, 1, n) < 0.5
-        scores = np.round(rng.normal(same * 0.8, 1.0), 1)  # ties included
-        got = kfold_threshold_accuracy(scores, same, folds=5)
-        assert got == pytest.approx(brute_force_kfold(scores, same, 5)), trial
-    assert kfold_threshold_accuracy(np.r_[np.ones(10), np.zeros(10)],
-                                    np.r_[np.ones(10), np.zeros(10)].astype(bool)) == 1.0
+    # The .bin pack holds the same pairs and image bytes: the same baseline.
+    assert pixel_cosine_accuracy(data.bin_path) == accuracy
 
 
 def test_pixel_cosine_of_identical_images_is_perfect(tmp_path: Path) -> None:
@@ -181,9 +152,35 @@ def test_pixel_cosine_of_identical_images_is_perfect(tmp_path: Path) -> None:
         lines.append(f"a{i}.png a{i}.png 1" if i % 2 else f"a{i}.png b{i}.png 0")
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
     assert pixel_cosine_accuracy(tmp_path / "pairs.txt") == 1.0
+    # evaluation.metrics' protocol: 10 equal contiguous folds, no uneven split.
+    (tmp_path / "uneven.txt").write_text("\n".join(lines[:15]) + "\n")
+    with pytest.raises(ValueError, match="equal contiguous folds"):
+        pixel_cosine_accuracy(tmp_path / "uneven.txt")
     (tmp_path / "bad.txt").write_text("a0.png a1.png yes\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         pixel_cosine_accuracy(tmp_path / "bad.txt")
+
+
+def test_pixel_baseline_is_the_evaluation_kfold_of_pixel_cosines(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    lines, scores, same = [], [], []
+    for i in range(40):
+        a = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        genuine = i % 2 == 0
+        if genuine:  # a noisy copy: similar, with overlap against the impostors
+            b = np.clip(a.astype(int) + rng.integers(-200, 201, a.shape), 0, 255).astype(np.uint8)
+        else:
+            b = rng.integers(0, 256, a.shape, dtype=np.uint8)
+        Image.fromarray(a).save(tmp_path / f"a{i}.png")
+        Image.fromarray(b).save(tmp_path / f"b{i}.png")
+        lines.append(f"a{i}.png b{i}.png {int(genuine)}")
+        u, v = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        scores.append(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+        same.append(genuine)
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    expected, _ = kfold_accuracy(np.array(scores), np.array(same))
+    assert 0.5 < expected < 1.0  # thresholds matter here
+    assert pixel_cosine_accuracy(tmp_path / "pairs.txt") == pytest.approx(expected)
 
 
 def test_cli(tmp_path: Path) -> None:

@@ -50,7 +50,6 @@ from f2c.data.db import DbLayout, TrainingDbWriter, staging_dir
 __all__ = [
     "GENERATOR_VERSION",
     "SyntheticDataset",
-    "kfold_threshold_accuracy",
     "make_synthetic_dataset",
     "main",
     "pixel_cosine_accuracy",
@@ -736,76 +735,23 @@ def _concat(parts: Sequence[Params]) -> Params:
 # --------------------------------------------------------------------------- pixel baseline
 
 
-def _read_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    left: list[str] = []
-    right: list[str] = []
-    same: list[bool] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3 or parts[2] not in ("0", "1"):
-                raise ValueError(f"{path}:{line_no}: expected `path_a path_b 1|0`")
-            left.append(parts[0])
-            right.append(parts[1])
-            same.append(parts[2] == "1")
-    return left, right, np.array(same, dtype=bool)
-
-
-def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
-    """The threshold maximising accuracy of ``score > t`` on these pairs (exact: every gap)."""
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], same[order]
-    n = len(s)
-    tp = np.concatenate([[0], np.cumsum(y)])  # genuine among the top k
-    k = np.arange(n + 1)
-    correct = tp + ((~y).sum() - (k - tp))  # top k called genuine, the rest impostor
-    valid = np.ones(n + 1, dtype=bool)
-    valid[1:n] = s[:-1] > s[1:]  # cut only between distinct scores
-    best = int(np.flatnonzero(valid)[np.argmax(correct[valid])])
-    if best == 0:
-        return float(s[0]) + 1.0
-    if best == n:
-        return float(s[-1]) - 1.0
-    return float((s[best - 1] + s[best]) / 2)
-
-
-def kfold_threshold_accuracy(
-    scores: npt.ArrayLike, same: npt.ArrayLike, folds: int = NUM_FOLDS
-) -> float:
-    """Mean accuracy over contiguous folds, each with the threshold chosen on the others."""
-    scores = np.asarray(scores, dtype=np.float64)
-    same = np.asarray(same, dtype=bool)
-    parts = np.array_split(np.arange(len(scores)), folds)
-    accs = []
-    for part in parts:
-        train = np.ones(len(scores), dtype=bool)
-        train[part] = False
-        t = _best_threshold(scores[train], same[train])
-        accs.append(float(((scores[part] > t) == same[part]).mean()))
-    return float(np.mean(accs))
-
-
 def pixel_cosine_accuracy(pairs_path: str | os.PathLike[str]) -> float:
-    """10-fold verification accuracy of cosine similarity between raw RGB pixel vectors."""
-    pairs_path = Path(pairs_path)
-    left, right, same = _read_pairs(pairs_path)
-    if len(same) < NUM_FOLDS:
-        raise ValueError(f"{pairs_path}: need at least {NUM_FOLDS} pairs")
-    names = sorted(set(left) | set(right))
-    where = {name: i for i, name in enumerate(names)}
-    vectors = []
-    for name in names:
-        with Image.open(pairs_path.parent / name) as image:
-            vectors.append(np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1))
+    """10-fold verification accuracy of cosine similarity between raw RGB pixel vectors.
+
+    A floor for the learned features: the pairs are read and scored by ``f2c.evaluation`` (a
+    pairs file or a ``.bin`` pack; the exact k-fold threshold of ``evaluation.metrics``), only
+    the features are the pixels themselves.
+    """
+    from f2c.evaluation.metrics import kfold_accuracy
+    from f2c.evaluation.pairs import cosine_pair_scores, load_pair_set
+
+    pairs = load_pair_set(pairs_path)
+    vectors = [pairs.images.load(i).reshape(-1) for i in range(len(pairs.images))]
     if len({v.size for v in vectors}) != 1:
         raise ValueError(f"{pairs_path}: images of different sizes")
-    feats = np.stack(vectors)
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    a = feats[[where[n] for n in left]]
-    b = feats[[where[n] for n in right]]
-    return kfold_threshold_accuracy((a * b).sum(1), same)
+    scores = cosine_pair_scores(np.stack(vectors).astype(np.float32), pairs.left, pairs.right)
+    accuracy, _ = kfold_accuracy(scores, pairs.same, NUM_FOLDS)
+    return accuracy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
