@@ -88,7 +88,9 @@ def test_single_process_run_writes_every_output(data: SyntheticDataset, tmp_path
 def test_baseline_heads_train_on_the_same_batches(
     data: SyntheticDataset, tmp_path: Path, head: str
 ) -> None:
-    assert main(tiny_run_args(data, tmp_path, "--head", head, "--train.max_steps", "3")) == 0
+    # With gradient clipping on: the shared step clips the sharded centres' norm over ranks.
+    assert main(tiny_run_args(data, tmp_path, "--head", head, "--train.max_steps", "3",
+                              "--optim.clip_grad_norm", "5")) == 0
     summary = json.loads((tmp_path / f"{head}-tinyfacenet" / "summary.json").read_text())
     assert summary["head"] == head and summary["steps"] == 3
     assert summary["in_pool_fraction"] is None and summary["pool_size"] is None
