@@ -715,7 +715,10 @@ def _build(tmp: Path, params: dict[str, int], progress: bool, workers: int) -> d
     bins: list[bytes] = []
     issame: list[bool] = []
     for ia, a, ib, b, same in pairs:
-        bins += [test_jpegs[ia * per_test + a], test_jpegs[ib * per_test + b]]
+        # A fresh bytes object per entry: pickle stores a repeated object as a shared reference,
+        # which f2c's .bin reader refuses (it bounds the decoded size by the file size).
+        bins += [bytes(memoryview(test_jpegs[ia * per_test + a])),
+                 bytes(memoryview(test_jpegs[ib * per_test + b]))]
         issame.append(bool(same))
     # Plain bytes and bools only: loadable by a restricted unpickler.
     (test_dir / "pairs.bin").write_bytes(pickle.dumps((bins, issame), protocol=4))
