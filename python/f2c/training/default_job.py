@@ -57,8 +57,16 @@ class SyntheticData:
 
 
 def prepare_synthetic(config: Config, runtime: Runtime) -> SyntheticData:
-    """Build (rank 0, once) or reuse the cached synthetic dataset of ``config.data.synthetic``."""
-    from f2c.data.synthetic import make_synthetic_dataset, pixel_cosine_accuracy
+    """Build (once per node) or reuse the cached synthetic dataset of ``config.data.synthetic``.
+
+    The cache folder may be node-local or shared by all nodes. Global rank 0 builds it first;
+    after a barrier, the local rank 0 of every other node builds its node's copy if it still
+    lacks one (a node-local cache; on a shared one it is complete by then); after a second
+    barrier every rank opens the complete folder. Other local ranks never build, so processes
+    of one node never race on the same folder.
+    """
+    from f2c.data.synthetic import MANIFEST_NAME, make_synthetic_dataset, pixel_cosine_accuracy
+    from f2c.training.loop import TrainingError
 
     s = config.data.synthetic
     folder = cache_root(s) / (
@@ -76,6 +84,16 @@ def prepare_synthetic(config: Config, runtime: Runtime) -> SyntheticData:
     if runtime.is_main:
         make_synthetic_dataset(folder, progress=config.train.progress, **kwargs)
     runtime.barrier()
+    if runtime.distributed:
+        if runtime.local_rank == 0 and not runtime.is_main:
+            make_synthetic_dataset(folder, **kwargs)  # opens it if complete, else builds it
+        runtime.barrier()
+    if not (folder / MANIFEST_NAME).is_file():
+        raise TrainingError(
+            f"rank {runtime.rank} (local rank {runtime.local_rank}): the synthetic dataset "
+            f"{folder} is missing after its node's local rank 0 prepared it; do all processes "
+            "of a node share its cache folder (data.synthetic.cache_dir, $F2C_CACHE)?"
+        )
     dataset = make_synthetic_dataset(folder, **kwargs)  # complete now: opens the cache
     return SyntheticData(
         source=DataSource(lmdb=str(dataset.lmdb_path), kv=str(dataset.kv_path)),

@@ -3,17 +3,24 @@
 Nothing here runs at import time. ``init_runtime`` reads torchrun's environment
 (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); with ``WORLD_SIZE > 1`` it creates the default process
 group — nccl on CUDA, gloo on CPU — and ``shutdown_runtime`` destroys it.
+
+Across nodes ``RANK`` (global, 0 writes the run folder) and ``LOCAL_RANK`` (within the node,
+picks the GPU, 0 builds the node's caches) differ. The run folder must be on storage every node
+sees at the same path; ``require_visible`` turns a node-local run folder into a clear error
+at start instead of a resume that silently starts over on another node.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Runtime", "init_runtime", "shutdown_runtime"]
+__all__ = ["Runtime", "init_runtime", "require_visible", "shutdown_runtime"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +86,25 @@ def init_runtime(device: str = "auto") -> Runtime:
 def shutdown_runtime(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def require_visible(runtime: Runtime, path: str | os.PathLike[str], what: str) -> None:
+    """Raise on every rank unless every rank sees ``path`` (collective: call on every rank).
+
+    For files rank 0 wrote that the others read later, such as the run folder's checkpoint.
+    """
+    seen = Path(path).exists()
+    if not runtime.distributed:
+        if not seen:
+            raise FileNotFoundError(f"{what}: {path} does not exist")
+        return
+    views: list[object] = [None] * runtime.world_size
+    dist.all_gather_object(views, (seen, socket.gethostname()))
+    blind = [(rank, host) for rank, (ok, host) in enumerate(views) if not ok]  # type: ignore[misc]
+    if blind:
+        where = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
+        raise FileNotFoundError(
+            f"{what}: {where} cannot see {path}, which rank 0 wrote; put it on storage that "
+            "every node mounts at the same path (an absolute train.out_dir on a shared file "
+            "system)"
+        )
