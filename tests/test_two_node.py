@@ -29,9 +29,9 @@ import torch
 from train_support import assert_same_state, load
 
 import f2c
+from f2c.cli import UserError
 from f2c.config import Config, SyntheticConfig
 from f2c.training.default_job import prepare_synthetic
-from f2c.training.loop import TrainingError
 from f2c.training.runtime import Runtime, init_runtime
 
 # Finding a node's processes reads /proc (Linux).
@@ -311,7 +311,7 @@ def test_only_a_nodes_local_rank_zero_builds_its_cache(
     )
     config.train.progress = False
     third = Runtime(rank=3, world_size=4, local_rank=1, device=torch.device("cpu"))
-    with pytest.raises(TrainingError, match="local rank 1.*missing after its node's local rank 0"):
+    with pytest.raises(UserError, match="local rank 1.*missing after its node's local rank 0"):
         prepare_synthetic(config, third)
     assert not (tmp_path / "cache").exists()
     # The node's local rank 0 (global rank 2) builds it; then the third process opens it.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from f2c.cli import UserError
 from f2c.config import Config, DataSource, SyntheticConfig
 from f2c.training.runtime import Runtime
 
@@ -66,7 +67,6 @@ def prepare_synthetic(config: Config, runtime: Runtime) -> SyntheticData:
     of one node never race on the same folder.
     """
     from f2c.data.synthetic import MANIFEST_NAME, make_synthetic_dataset, pixel_cosine_accuracy
-    from f2c.training.loop import TrainingError
 
     s = config.data.synthetic
     folder = cache_root(s) / (
@@ -89,7 +89,7 @@ def prepare_synthetic(config: Config, runtime: Runtime) -> SyntheticData:
             make_synthetic_dataset(folder, **kwargs)  # opens it if complete, else builds it
         runtime.barrier()
     if not (folder / MANIFEST_NAME).is_file():
-        raise TrainingError(
+        raise UserError(
             f"rank {runtime.rank} (local rank {runtime.local_rank}): the synthetic dataset "
             f"{folder} is missing after its node's local rank 0 prepared it; do all processes "
             "of a node share its cache folder (data.synthetic.cache_dir, $F2C_CACHE)?"
