@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,21 @@ def test_without_tensorboard_there_is_no_sink_and_no_error(
     assert open_tensorboard(tmp_path, is_main=True) is None
     assert "pip install 'f2c[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / TENSORBOARD_DIR).exists()
+
+
+@pytest.mark.usefixtures("tensorboard_installed")
+def test_rows_are_on_disk_when_the_process_is_killed(tmp_path: Path) -> None:
+    """A killed run keeps every row appended before the kill (the resumed run only rewrites
+    rows after its checkpoint, so lost rows would stay a gap)."""
+    pid = os.fork()
+    if pid == 0:  # child: append and die without closing anything
+        try:
+            sink = open_tensorboard(tmp_path, is_main=True)
+            assert sink is not None
+            for step in (1, 2, 3):
+                sink.append(_train_row(step, loss=float(step)))
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert _scalars(tmp_path / TENSORBOARD_DIR)["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0)]

@@ -34,15 +34,12 @@ class TensorBoardSink:
     """
 
     def __init__(
-        self, log_dir: str | os.PathLike[str], *, purge_step: int | None = None,
-        flush_secs: int = 30,
+        self, log_dir: str | os.PathLike[str], *, purge_step: int | None = None
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(
-            log_dir=str(self.log_dir), purge_step=purge_step, flush_secs=flush_secs
-        )
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def append(self, row: Mapping[str, Any]) -> None:
         kind = str(row.get("kind", "train"))
@@ -53,6 +50,9 @@ class TensorBoardSink:
                 continue
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(f"{kind}/{key}", float(value), global_step=step)
+        # To the file now, as MetricsLog does: events still queued when a process is killed
+        # would leave a gap before the checkpoint that the resumed run does not refill.
+        self._writer.flush()
 
     def flush(self) -> None:
         self._writer.flush()
