@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from train_support import tiny_dataset, tiny_run_args
 
+from f2c.data.synthetic import SyntheticDataset
+from f2c.train import main
 from f2c.training.tensorboard import TENSORBOARD_DIR, open_tensorboard
 
 
@@ -113,3 +119,52 @@ def test_rows_are_on_disk_when_the_process_is_killed(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert _scalars(tmp_path / TENSORBOARD_DIR)["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+# ------------------------------------------------------------------ a real (tiny) run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return tiny_dataset(tmp_path_factory.mktemp("tensorboard") / "tiny")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("tensorboard_installed", "one_thread")
+def test_a_run_writes_its_metric_rows_as_events(data: SyntheticDataset, tmp_path: Path) -> None:
+    # One epoch of 12 steps with the end-of-epoch evaluation: train and eval rows.
+    args = tiny_run_args(data, tmp_path, "--epochs", "1", "--train.eval_every_epoch", "true",
+                         "--name", "tb")
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").open()]
+    train = [r for r in rows if r["kind"] == "train"]
+    scalars = _scalars(tmp_path / "tb" / TENSORBOARD_DIR)
+    for key in ("loss", "lr", "in_pool_fraction", "images_per_second", "data_wait_share"):
+        assert [s for s, _ in scalars[f"train/{key}"]] == [r["step"] for r in train], key
+        assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx(
+            [r[key] for r in train], rel=1e-6), key
+    assert scalars["eval/held_out_accuracy"] == [
+        (r["step"], pytest.approx(r["held_out_accuracy"])) for r in rows if r["kind"] == "eval"
+    ] != []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_without_tensorboard_or_with_it_off_writes_no_events(
+    data: SyntheticDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    off = tiny_run_args(data, tmp_path, "--train.max_steps", "2", "--name", "off",
+                        "--train.tensorboard", "false")
+    assert main(off) == 0
+    assert not (tmp_path / "off" / TENSORBOARD_DIR).exists()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    missing = tiny_run_args(data, tmp_path, "--train.max_steps", "2", "--name", "missing")
+    assert main(missing) == 0
+    assert (tmp_path / "missing" / "summary.json").is_file()
+    assert not (tmp_path / "missing" / TENSORBOARD_DIR).exists()

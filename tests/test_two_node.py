@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from f2c.cli import UserError
 from f2c.config import Config, SyntheticConfig
 from f2c.training.default_job import prepare_synthetic
 from f2c.training.runtime import Runtime, init_runtime
+from f2c.training.tensorboard import TENSORBOARD_DIR
 
 # Finding a node's processes reads /proc (Linux).
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
@@ -141,7 +143,8 @@ class World:
 
     def rank0_nodes(self) -> list[int]:
         """The nodes whose worker was global rank 0 in the latest launch (from its banner)."""
-        return [i for i in range(len(self.nodes)) if "f2c.train: " in self.last_launch(i)]
+        banner = re.compile(r"^f2c\.train: .* process\(es\) on ", re.MULTILINE)
+        return [i for i in range(len(self.nodes)) if banner.search(self.last_launch(i))]
 
     def logs(self, tail: int = 3000) -> str:
         return "\n".join(
@@ -216,6 +219,22 @@ def full_run(world: World) -> Path:
     return world.shared / "full"
 
 
+def _have_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _loss_events(run_dir: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+
 def _train_steps(run_dir: Path) -> list[int]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in rows if r["kind"] == "train"]
@@ -237,6 +256,22 @@ def test_two_nodes_build_caches_per_node_and_write_the_run_once(
     assert summary["status"] == "finished"
     steps = _train_steps(full_run)
     assert steps == sorted(set(steps)) and steps[-1] == TOTAL_STEPS, "rows from several ranks?"
+    if _have_tensorboard():  # one process (global rank 0) wrote events
+        assert len(list((full_run / TENSORBOARD_DIR).iterdir())) == 1
+        assert [s for s, _ in _loss_events(full_run)] == steps
+
+
+def test_a_run_folder_on_one_node_only_stops_at_start(world: World, full_run: Path) -> None:
+    """A relative --out-dir resolves to each node's own disk: the ranks on the other node
+    cannot read what rank 0 writes (a resume would fail there, or start over unseen)."""
+    args = [*TINY_JOB, "--out-dir", "runs", "--name", "local"]
+    codes = world.wait(world.launch(args), LAUNCH_TIMEOUT)
+    assert all(code != 0 for code in codes), world.logs()
+    text = world.last_launch_text()
+    assert "cannot see" in text and "every node mounts at the same path" in text, world.logs()
+    writer = world.rank0_nodes()
+    assert [n for n in range(NODES) if (world.nodes[n].root / "runs").exists()] == writer
+    assert not (world.nodes[writer[0]].root / "runs" / "local" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow  # ~45 s of CPU time: three launches of two agents (slow on 2 cores)
@@ -274,6 +309,8 @@ def test_two_nodes_killed_and_restarted_match_an_uninterrupted_run(
     assert_same_state(a, b, skip=("/config",))
     steps = _train_steps(world.shared / "killed")
     assert steps == sorted(set(steps)) and steps[-1] == TOTAL_STEPS
+    if _have_tensorboard():  # the killed process's events after the checkpoint are purged
+        assert _loss_events(world.shared / "killed") == _loss_events(full_run)
     print(f"kill at step {killed_at}, survivor exited {survivor_exit:.1f} s later; "
           f"kill + restart: {time.monotonic() - started:.1f} s")
 
