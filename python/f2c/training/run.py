@@ -4,7 +4,8 @@ The training itself is :meth:`f2c.training.loop.Trainer.fit`.
 
 Run folder ``<train.out_dir>/<run name>/``: ``config.yaml`` (resolved configuration),
 ``checkpoint.pt`` (latest complete state, replaced atomically), ``metrics.jsonl`` /
-``metrics.csv``, ``metrics.png``, ``summary.json``.
+``metrics.csv``, ``metrics.png``, ``summary.json``, ``tensorboard/`` (event files of the metric
+rows, when the tensorboard package is installed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from f2c.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from f2c.training.errors import NonFiniteLossError, TrainingError
 from f2c.training.loop import FitResult, Trainer
 from f2c.training.metrics import MetricsLog, format_summary, plot_metrics, write_summary
-from f2c.training.runtime import Runtime
+from f2c.training.runtime import Runtime, require_visible
+from f2c.training.tensorboard import open_tensorboard
 
 __all__ = ["CHECKPOINT_NAME", "RunPlan", "plan_run", "run_training"]
 
@@ -96,6 +98,7 @@ def run_training(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir)
     runtime.barrier()
+    require_visible(runtime, run_dir / "config.yaml", "the run folder")  # shared across nodes
 
     try:
         db: TrainingDb = open_training_db(sources)
@@ -113,6 +116,10 @@ def run_training(
     log = MetricsLog(run_dir, resume_step=resumed_step) if runtime.is_main else None
     if log is not None:
         trainer.sinks.append(log)
+    board = open_tensorboard(run_dir, is_main=runtime.is_main, enabled=config.train.tensorboard,
+                             resume_step=resumed_step)
+    if board is not None:
+        trainer.sinks.append(board)
     status = "failed"
     fit = FitResult({}, None)
     try:
@@ -125,6 +132,8 @@ def run_training(
         status = f"stopped: {exc}"
         raise
     finally:
+        if board is not None:
+            board.close()
         if status != "finished" and runtime.is_main:
             kept = trainer.checkpoint_path if trainer.checkpoint_path.exists() else None
             summary = {"run": str(run_dir), "status": status, "head": config.head.name,
