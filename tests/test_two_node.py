@@ -274,7 +274,7 @@ def test_a_run_folder_on_one_node_only_stops_at_start(world: World, full_run: Pa
     assert not (world.nodes[writer[0]].root / "runs" / "local" / "checkpoint.pt").exists()
 
 
-@pytest.mark.slow  # ~45 s of CPU time: three launches of two agents (slow on 2 cores)
+@pytest.mark.slow  # two more launches of two agents: ~70 s on 2 busy cores
 def test_two_nodes_killed_and_restarted_match_an_uninterrupted_run(
     world: World, full_run: Path
 ) -> None:
