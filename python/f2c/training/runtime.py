@@ -16,6 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,9 +99,9 @@ def require_visible(runtime: Runtime, path: str | os.PathLike[str], what: str) -
         if not seen:
             raise FileNotFoundError(f"{what}: {path} does not exist")
         return
-    views: list[object] = [None] * runtime.world_size
+    views: list[Any] = [None] * runtime.world_size
     dist.all_gather_object(views, (seen, socket.gethostname()))
-    blind = [(rank, host) for rank, (ok, host) in enumerate(views) if not ok]  # type: ignore[misc]
+    blind = [(rank, host) for rank, (ok, host) in enumerate(views) if not ok]
     if blind:
         where = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
         raise FileNotFoundError(
