@@ -261,6 +261,7 @@ def test_two_nodes_build_caches_per_node_and_write_the_run_once(
         assert [s for s, _ in _loss_events(full_run)] == steps
 
 
+@pytest.mark.slow  # one more launch of two agents: ~25 s on 2 busy cores
 def test_a_run_folder_on_one_node_only_stops_at_start(world: World, full_run: Path) -> None:
     """A relative --out-dir resolves to each node's own disk: the ranks on the other node
     cannot read what rank 0 writes (a resume would fail there, or start over unseen)."""
