@@ -247,7 +247,7 @@ def bench_compare_stream(
     for _ in range(len(batches)):  # one cycle first, so the stream's hits are resident
         assign_next()
     hits.clear()
-    benchmark.pedantic(assign_next, rounds=_compare_rounds(kind, 500, 20), warmup_rounds=0)
+    benchmark.pedantic(assign_next, rounds=_compare_rounds(kind, 500, 50), warmup_rounds=0)
     _compare_info(benchmark, kind, batch)
     assert min(float(h.mean()) for h in hits) >= 0.3
 
@@ -272,7 +272,7 @@ def bench_compare_f2c_step(
         index.assign(b)
         index.lookup(a)
 
-    benchmark.pedantic(step, rounds=_compare_rounds(kind, 200, 10), warmup_rounds=1)
+    benchmark.pedantic(step, rounds=_compare_rounds(kind, 200, 25), warmup_rounds=1)
     _compare_info(benchmark, kind, 2 * batch)
     assert index.undo_depth == 0
 
