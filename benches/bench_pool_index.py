@@ -14,14 +14,15 @@ batched Rust index on the same stream; a difference fails the case before anythi
 
     F2C_LRU_IMPL=lru_utils:LRU pytest benches/bench_pool_index.py --benchmark-enable \
         -k compare --benchmark-json=compare.json
-    python benches/bench_pool_index.py --table compare.json     # ns/label, Markdown
+    python benches/bench_pool_index.py --table compare.json [more runs]   # ns/label, median
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -277,28 +278,29 @@ def bench_compare_f2c_step(
     assert index.undo_depth == 0
 
 
-def compare_table(report: dict[str, Any]) -> str:
-    """Markdown ns/label table of the compare groups of a ``--benchmark-json`` report."""
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+def compare_table(reports: Sequence[dict[str, Any]]) -> str:
+    """Markdown ns/label table of the compare groups of ``--benchmark-json`` reports: each cell
+    is the median over the reports (runs), with its ratio to the batched Rust index."""
+    runs: dict[tuple[str, str], dict[str, list[float]]] = {}
     order: list[str] = []
-    for bench in report["benchmarks"]:
-        if not str(bench["group"]).startswith("compare-"):
-            continue
-        kind = bench["extra_info"]["kind"]
-        params = bench["params"]
-        scenario = bench["group"][len("compare-"):]
-        column = f"{scenario} Q={params['capacity']:,} B={params['batch']:,}"
-        if column not in order:
-            order.append(column)
-        rows.setdefault((kind, bench["extra_info"]["calls"]), {})[column] = bench["extra_info"][
-            "ns_per_label"
-        ]
+    for report in reports:
+        for bench in report["benchmarks"]:
+            if not str(bench["group"]).startswith("compare-"):
+                continue
+            info, params = bench["extra_info"], bench["params"]
+            scenario = bench["group"][len("compare-"):]
+            column = f"{scenario} Q={params['capacity']:,} B={params['batch']:,}"
+            if column not in order:
+                order.append(column)
+            cells = runs.setdefault((info["kind"], info["calls"]), {})
+            cells.setdefault(column, []).append(info["ns_per_label"])
+    rows = {key: {c: statistics.median(v) for c, v in cells.items()} for key, cells in runs.items()}
+    rust = rows.get(("rust", "batched"), {})
     lines = [
         "| implementation | calls | " + " | ".join(order) + " |",
         "|---|---|" + "---:|" * len(order),
     ]
     for (kind, calls), values in rows.items():
-        rust = rows.get(("rust", "batched"), {})
         cells = []
         for column in order:
             if column not in values:
@@ -311,8 +313,11 @@ def compare_table(report: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        with open(sys.argv[2]) as f:
-            print(compare_table(json.load(f)))
+    if len(sys.argv) >= 3 and sys.argv[1] == "--table":
+        loaded = []
+        for path in sys.argv[2:]:
+            with open(path) as f:
+                loaded.append(json.load(f))
+        print(compare_table(loaded))
     else:
-        sys.exit(f"usage: python {sys.argv[0]} --table BENCHMARK_JSON")
+        sys.exit(f"usage: python {sys.argv[0]} --table BENCHMARK_JSON [MORE_RUNS_JSON ...]")
