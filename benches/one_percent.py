@@ -519,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
+    commit = _commit()  # before this run writes its outputs into the tree
     args.work.mkdir(parents=True, exist_ok=True)
     shared = train_options(sizes, args.work, args.device, args.threads) + shlex.split(args.extra)
     pairs = prepare_data(run_argv(configs[0], shared))
@@ -543,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "wall_seconds": time.perf_counter() - started,
         "data_seconds": data_seconds,
-        "commit": _commit(),
+        "commit": commit,
         "timed_steps": timed_steps,
     }
     write_report(args.out, rows, meta)
