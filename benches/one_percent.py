@@ -4,8 +4,8 @@ Synthetic identities, enough of them that a pool of ~1% of them is above the poo
 ``world × (B + ⌈B/2⌉)`` (docs/design.md §1); the same backbone, epochs, data and seed for every
 configuration:
 
-- ``f2c-1%-paper``, ``f2c-1%-row_equal``: F²C, Q ≈ 1% of C, both ``head.loss_weighting`` rules;
-- ``f2c-10%``: F²C, Q ≈ 10% of C (paper weighting);
+- ``f2c-1%``: F²C, Q ≈ 1% of C;
+- ``f2c-10%``: F²C, Q ≈ 10% of C;
 - ``fc``: the full softmax over all C classes;
 - ``pfc-0.1``: Partial FC, 10% of the negative centres sampled per step.
 
@@ -77,24 +77,20 @@ class Configuration:
     id: str
     head: str
     pool_ratio: float | None = None
-    loss_weighting: str | None = None
     sample_rate: float | None = None
 
     def options(self) -> list[str]:
         out = ["--head.name", self.head]
         if self.pool_ratio is not None:
             out += ["--head.pool_ratio", str(self.pool_ratio)]
-        if self.loss_weighting is not None:
-            out += ["--head.loss_weighting", self.loss_weighting]
         if self.sample_rate is not None:
             out += ["--head.sample_rate", str(self.sample_rate)]
         return out
 
 
 CONFIGURATIONS = [
-    Configuration("f2c-1%-paper", "f2c", pool_ratio=0.01, loss_weighting="paper"),
-    Configuration("f2c-1%-row_equal", "f2c", pool_ratio=0.01, loss_weighting="row_equal"),
-    Configuration("f2c-10%", "f2c", pool_ratio=0.1, loss_weighting="paper"),
+    Configuration("f2c-1%", "f2c", pool_ratio=0.01),
+    Configuration("f2c-10%", "f2c", pool_ratio=0.1),
     Configuration("fc", "fc"),
     Configuration("pfc-0.1", "partial_fc", sample_rate=0.1),
 ]
@@ -318,7 +314,6 @@ def run_configuration(config: Configuration, argv: list[str], work: Path, out: P
     run_dir = work / "runs" / config.id
     (out / f"summary-{config.id}.json").write_text(json.dumps(summary, indent=2) + "\n")
     row: dict[str, Any] = {"config": config.id, "head": config.head,
-                           "loss_weighting": config.loss_weighting,
                            "sample_rate": config.sample_rate}
     pool = summary.get("pool_size")
     row["pool_size"] = pool

@@ -234,24 +234,47 @@ def test_new_keys_parse_and_default(tmp_path: Path) -> None:
     defaults = Config()
     assert defaults.model.init_from is None and defaults.model.init_net == "probe"
     assert defaults.optim.clip_grad_norm is None
-    assert defaults.head.loss_weighting == "paper" and defaults.head.sv_t == 1.2
+    assert defaults.head.sv_t == 1.2
     assert defaults.train.tensorboard is True
     path = tmp_path / "run.yaml"
     path.write_text(
         "model: {init_from: w.pt, init_net: gallery}\n"
         "optim: {clip_grad_norm: 5}\n"
-        "head: {loss_weighting: row_equal, sv_t: 1.4}\n"
+        "head: {sv_t: 1.4}\n"
         "train: {tensorboard: false}\n"
     )
     config = load_config(path, {"optim.clip_grad_norm": "none"})
     assert config.model.init_from == "w.pt" and config.model.init_net == "gallery"
     assert config.optim.clip_grad_norm is None  # "none" clears an optional value
-    assert config.head.loss_weighting == "row_equal" and config.head.sv_t == 1.4
+    assert config.head.sv_t == 1.4
     assert config.train.tensorboard is False
     assert load_config(path).optim.clip_grad_norm == 5.0
-    for key, value in [("model.init_net", "ema"), ("head.loss_weighting", "mean")]:
-        with pytest.raises(ConfigError, match=f"'{key}': '{value}' is not one of"):
-            load_config(None, {key: value})
+    with pytest.raises(ConfigError, match="'model.init_net': 'ema' is not one of"):
+        load_config(None, {"model.init_net": "ema"})
+
+
+def test_removed_loss_weighting_key_paper_loads_row_equal_is_refused(tmp_path: Path) -> None:
+    # Configs and checkpoints written before the key was removed carry head.loss_weighting:
+    # "paper" is today's only behaviour and is dropped; anything else says why it is gone.
+    path = tmp_path / "old.yaml"
+    path.write_text("head: {loss_weighting: paper, sv_t: 1.4}\n")
+    config = load_config(path)
+    assert config.head.sv_t == 1.4 and not hasattr(config.head, "loss_weighting")
+    assert "loss_weighting" not in config.to_dict()["head"]
+    base = Config().to_dict()
+    base["head"]["loss_weighting"] = "paper"
+    assert resolve_config(base=base) == Config()
+    assert load_config(None, {"head.loss_weighting": "paper"}) == load_config()
+    for value in ("row_equal", "mean"):
+        path.write_text(f"head: {{loss_weighting: {value}}}\n")
+        with pytest.raises(ConfigError, match=r"old.yaml: 'head.loss_weighting' was removed.*"
+                           rf"one-percent-2026-12-01.*not better.*\(got '{value}'\)"):
+            load_config(path)
+    base["head"]["loss_weighting"] = "row_equal"
+    with pytest.raises(ConfigError, match="ckpt.pt: saved config: 'head.loss_weighting' was"):
+        resolve_config(base=base, base_source="ckpt.pt: saved config")
+    with pytest.raises(ConfigError, match="command line: 'head.loss_weighting' was removed"):
+        load_config(None, {"head.loss_weighting": "row_equal"})
 
 
 def test_sv_t_reaches_the_margin_config() -> None:
@@ -270,7 +293,7 @@ def test_head_and_margin_names_come_from_heads() -> None:
     hints = typing.get_type_hints(HeadConfig)
     assert hints["name"] is heads.HeadName
     assert hints["margin"] is heads.MarginKind
-    assert hints["loss_weighting"] is heads.LossWeighting
+    assert "loss_weighting" not in hints and not hasattr(heads, "LossWeighting")
 
 
 # ------------------------------------------------------------------ layering
@@ -309,7 +332,7 @@ def test_layer_precedence() -> None:
 def test_a_base_without_the_new_keys_takes_their_defaults() -> None:
     old = Config().to_dict()
     for section, key in [("model", "init_from"), ("model", "init_net"), ("head", "sv_t"),
-                         ("head", "loss_weighting"), ("optim", "clip_grad_norm"),
+                         ("optim", "clip_grad_norm"),
                          ("train", "tensorboard")]:
         del old[section][key]
     config = resolve_config(base=old)

@@ -33,10 +33,9 @@ class NaivePool:
     """docs/design.md §1 with Python loops over a dict pool: class → [row 0, row 1] and a
     pointer."""
 
-    def __init__(self, capacity: int, margin: MarginConfig, weighting: str = "paper") -> None:
+    def __init__(self, capacity: int, margin: MarginConfig) -> None:
         self.capacity = capacity
         self.margin = margin
-        self.weighting = weighting
         self.lru: OrderedDict[int, None] = OrderedDict()  # least recent first
         self.rows: dict[int, list[list[float] | None]] = {}
         self.pointer: dict[int, int] = {}
@@ -92,8 +91,6 @@ class NaivePool:
                 else:
                     best = sorted(cos.values(), reverse=True)[:k]
                     outlier_sum += sum(max(v, 0.0) for v in best) / k
-        if self.weighting == "row_equal":
-            return (ce_sum + outlier_sum) / len(probes)
         outlier_rows = len(probes) - in_pool_rows
         return (ce_sum / in_pool_rows if in_pool_rows else 0.0) + (
             outlier_sum / outlier_rows if outlier_rows else 0.0)
@@ -127,24 +124,22 @@ def _run(head: DynamicClassPool, b: dict[str, torch.Tensor]) -> Any:
 
 
 def _head(
-    pool_size: int, batch_size: int = 4, num_classes: int = 30, weighting: str = "paper",
-    **margin: Any,
+    pool_size: int, batch_size: int = 4, num_classes: int = 30, **margin: Any,
 ) -> Any:
     cfg = MarginConfig(**{"kind": "cosface", "margin": 0.4, "scale": 16.0, **margin})
     return build_head(
         "f2c", num_classes=num_classes, embedding_size=D, margin=cfg, batch_size=batch_size,
-        pool_size=pool_size, loss_weighting=weighting,  # type: ignore[arg-type]
+        pool_size=pool_size,
     )
 
 
 # ---------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize(("kind", "weighting"),
-                         [("cosface", "paper"), ("arcface", "paper"), ("cosface", "row_equal")])
-def test_loss_and_pool_match_the_naive_implementation(kind: str, weighting: str) -> None:
-    head = _head(pool_size=8, kind=kind, margin=0.3, weighting=weighting)
-    naive = NaivePool(8, head.margin, weighting)
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_loss_and_pool_match_the_naive_implementation(kind: str) -> None:
+    head = _head(pool_size=8, kind=kind, margin=0.3)
+    naive = NaivePool(8, head.margin)
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):  # small pool, many classes: evictions, duplicates, outliers
         b = _batch(gen, 6, num_classes=30)
@@ -244,8 +239,6 @@ def test_too_small_pool_is_refused_with_the_minimum() -> None:
     with pytest.raises(ValueError, match=r"pool_size >= 192"):
         _head(pool_size=191, batch_size=128)
     _head(pool_size=192, batch_size=128)
-    with pytest.raises(ValueError, match="loss_weighting must be one of"):
-        _head(pool_size=192, batch_size=128, weighting="mean")
     with pytest.raises(ValueError, match="needs a pool_size"):
         build_head("f2c", num_classes=10, embedding_size=D, margin=MarginConfig("cosface", 0.4),
                    batch_size=4, pool_size=None)

@@ -89,12 +89,32 @@ def test_plan_run_continues_refuses_or_renames(tmp_path: Path) -> None:
 def test_resume_from_a_checkpoint_written_before_the_new_keys(tmp_path: Path) -> None:
     saved, _ = _config("--head", "fc", "--name", "old")
     old = saved.to_dict()
-    del old["head"]["sv_t"], old["head"]["loss_weighting"], old["train"]["tensorboard"]
+    del old["head"]["sv_t"], old["train"]["tensorboard"]
     del old["model"]["init_from"], old["model"]["init_net"], old["optim"]["clip_grad_norm"]
     atomic_save({"format": CHECKPOINT_FORMAT, "config": old}, tmp_path / "checkpoint.pt")
     config, _ = _config("--resume", str(tmp_path))
     assert config == saved
     assert config.head.sv_t == 1.2 and config.train.tensorboard is True
+
+
+def test_resume_from_a_checkpoint_with_the_removed_loss_weighting_key(tmp_path: Path) -> None:
+    saved, _ = _config("--name", "old")
+    old = saved.to_dict()
+    old["head"]["loss_weighting"] = "paper"  # as every checkpoint written before its removal
+    atomic_save({"format": CHECKPOINT_FORMAT, "config": old}, tmp_path / "checkpoint.pt")
+    config, _ = _config("--resume", str(tmp_path))
+    assert config == saved
+    old["head"]["loss_weighting"] = "row_equal"
+    atomic_save({"format": CHECKPOINT_FORMAT, "config": old}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="checkpoint.pt: saved config.*loss_weighting.*removed"):
+        _config("--resume", str(tmp_path))
+
+
+def test_removed_loss_weighting_option_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--head.loss_weighting", "row_equal"]) == 2
+    err = capsys.readouterr().err
+    assert "head.loss_weighting" in err and "removed" in err and "not better" in err
+    assert "--head.loss_weighting" not in build_parser().format_help()
 
 
 def test_help_shows_each_range() -> None:

@@ -33,10 +33,11 @@ import yaml
 
 from f2c.cli import UserError
 from f2c.heads.margins import MarginConfig
-from f2c.heads.names import HeadName, LossWeighting, MarginKind
+from f2c.heads.names import HeadName, MarginKind
 
 __all__ = [
     "RANGES",
+    "REMOVED_KEYS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -136,10 +137,6 @@ class HeadConfig:
     ema_momentum: float = 0.99
     # partial_fc: share of the negative class centres sampled per step.
     sample_rate: float = 0.1
-    # F²C loss over the probe rows. "paper": the cross-entropy mean over the rows whose class
-    # is in the pool plus the outlier-loss mean over the outlier rows; "row_equal": every
-    # probe row weighs the same.
-    loss_weighting: LossWeighting = "paper"
 
     def margin_config(self) -> MarginConfig:
         """The margin these settings describe, as the heads take it."""
@@ -451,10 +448,33 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     raise ConfigError(f"{source}: '{where}': unsupported field type {tp!r}")  # a bug in this module
 
 
+# Keys that configs and checkpoints written before their removal may still carry: the one value
+# that means today's behaviour is accepted and dropped; any other is refused with the reason.
+REMOVED_KEYS: dict[str, tuple[str, str]] = {
+    "head.loss_weighting": (
+        "paper",
+        "was removed: the F²C loss always takes the paper's weighting (cross-entropy mean over "
+        "in-pool rows plus outlier-loss mean over outlier rows). 'row_equal' was measured "
+        "against it at a 1% pool (benches/results/one-percent-2026-12-01.md: 87.60% ± 1.56 vs "
+        "87.83% ± 1.32) and was not better; delete the key",
+    ),
+}
+
+
+def _check_removed(key: str, value: Any, source: str) -> None:
+    """Accept a removed key only with the value that meant today's behaviour."""
+    kept, reason = REMOVED_KEYS[key]
+    if value != kept:
+        raise ConfigError(f"{source}: '{key}' {reason} (got {value!r})")
+
+
 def _build(cls: type, values: Any, where: str, source: str) -> Any:
     """Build dataclass ``cls`` at dotted position ``where`` from a plain mapping."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{where}' must be a mapping of keys, got {values!r}")
+    values = dict(values)
+    for key in [k for k in values if f"{where}.{k}" in REMOVED_KEYS]:
+        _check_removed(f"{where}.{key}", values.pop(key), source)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
@@ -652,6 +672,9 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
     for key, raw in overrides.items():
         if key == "data.sources":
             values["data"]["sources"] = raw
+            continue
+        if key in REMOVED_KEYS:
+            _check_removed(key, raw, "command line")
             continue
         if key not in keys:
             raise ConfigError(f"unknown option --{key} (see --help for the list)")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from f2c.cli import UserError, add_debug_option, is_user_error, run_cli
 from f2c.config import (
     RANGES,
+    REMOVED_KEYS,
     Config,
     ConfigError,
     DataSource,
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         full.add_argument(f"--{key}", dest=key, metavar=metavar, type=_parse_any,
                           default=argparse.SUPPRESS,
                           help=f"{type_name(tp)}{allowed}; default {get_dotted(defaults, key)!r}")
+    for key in REMOVED_KEYS:  # hidden: resolve_config says why an old command line fails
+        parser.add_argument(f"--{key}", dest=key, type=_parse_any, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
     return parser
 
 

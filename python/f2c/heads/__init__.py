@@ -16,7 +16,7 @@ from f2c.heads.batch import HeadBatch
 from f2c.heads.f2c_head import DynamicClassPool, minimum_pool_size, outlier_top_k
 from f2c.heads.fc import FullFC, PartialFC, shard_range, sharded_cross_entropy
 from f2c.heads.margins import MarginConfig, margin_logits, margined_target_cosine
-from f2c.heads.names import HeadName, LossWeighting, MarginKind
+from f2c.heads.names import HeadName, MarginKind
 from f2c.heads.output import HeadOutput
 from f2c.heads.probe_gallery import ProbeGallery
 
@@ -26,7 +26,6 @@ __all__ = [
     "HeadBatch",
     "HeadName",
     "HeadOutput",
-    "LossWeighting",
     "MarginConfig",
     "MarginKind",
     "PartialFC",
@@ -50,22 +49,20 @@ def build_head(
     batch_size: int,
     pool_size: int | None,
     sample_rate: float = 0.1,
-    loss_weighting: LossWeighting = "paper",
     device: torch.device | str | None = None,
     process_group: Any = None,
 ) -> nn.Module:
     """The head called ``name``: ``"f2c"`` (needs ``pool_size``), ``"fc"`` or ``"partial_fc"``.
 
     ``batch_size`` is the per-rank batch of the training loop (used by f2c to refuse a pool
-    too small for one pass); ``sample_rate`` is used by partial_fc only, ``loss_weighting``
-    (``"paper"`` or ``"row_equal"``, see :class:`DynamicClassPool`) by f2c only.
+    too small for one pass); ``sample_rate`` is used by partial_fc only.
     """
     if name == "f2c":
         if pool_size is None:
             raise ValueError("the f2c head needs a pool_size")
         return DynamicClassPool(
             num_classes, embedding_size, pool_size, batch_size, margin,
-            loss_weighting=loss_weighting, device=device, process_group=process_group,
+            device=device, process_group=process_group,
         )
     if name == "fc":
         return FullFC(

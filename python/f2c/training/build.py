@@ -146,7 +146,6 @@ def build_head(
         batch_size=config.train.batch_size,
         pool_size=pool_size,
         sample_rate=h.sample_rate,
-        loss_weighting=h.loss_weighting,
         device=device,
     )
 
