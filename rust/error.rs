@@ -29,6 +29,14 @@ pub enum F2cError {
     },
     /// A row or position outside a container. → `IndexError`
     IndexOutOfRange { index: i64, len: usize },
+    /// A malformed record of a RecordIO file, by record index (when known) and byte offset.
+    /// → `ValueError`
+    RecordIo {
+        path: String,
+        record: Option<u64>,
+        offset: u64,
+        message: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, F2cError>;
@@ -58,6 +66,15 @@ impl fmt::Display for F2cError {
             F2cError::IndexOutOfRange { index, len } => {
                 write!(f, "row {index} out of range for an index of {len} rows")
             }
+            F2cError::RecordIo {
+                path,
+                record,
+                offset,
+                message,
+            } => match record {
+                Some(record) => write!(f, "{path}: record {record} at byte {offset}: {message}"),
+                None => write!(f, "{path}: at byte {offset}: {message}"),
+            },
         }
     }
 }

@@ -369,7 +369,11 @@ impl KvIndex {
 
 /// Counting sort of rows by label: rows of class `c` are
 /// `rows[offsets[c]..offsets[c + 1]]`, in increasing row order.
-fn build_csr(labels: &[i64], mut counts: Vec<i64>, num_classes: usize) -> (Vec<i64>, Vec<i64>) {
+pub(crate) fn build_csr(
+    labels: &[i64],
+    mut counts: Vec<i64>,
+    num_classes: usize,
+) -> (Vec<i64>, Vec<i64>) {
     counts.resize(num_classes, 0);
     let mut offsets = bigvec::with_capacity(num_classes + 1);
     offsets.push(0i64);

@@ -1,6 +1,7 @@
 //! Rust core of f2c. Pure-Rust modules hold the logic and their own `cargo test`s;
 //! `bindings` wraps them for Python; the `#[pymodule]` below only wires classes.
 
+pub mod batch;
 pub mod bigvec;
 pub mod error;
 pub mod jpeg;
@@ -8,6 +9,7 @@ pub mod kv_index;
 pub mod lmdb_reader;
 pub mod parallel;
 pub mod pool_index;
+pub mod recordio;
 
 mod bindings;
 
@@ -19,5 +21,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bindings::pool::PyClassPoolIndex>()?;
     m.add_class::<bindings::data::PyKvIndex>()?;
     m.add_class::<bindings::data::PyLmdbReader>()?;
+    m.add_class::<bindings::recordio::PyRecordIoReader>()?;
     Ok(())
 }

@@ -11,12 +11,11 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
-use rayon::prelude::*;
 
+use crate::batch::{self, JpegFetch};
 use crate::error::{F2cError, Result};
 use crate::jpeg;
 use crate::kv_index::KvIndex;
-use crate::parallel;
 
 /// One open LMDB environment and its unnamed database.
 struct OpenDb {
@@ -267,69 +266,48 @@ impl LmdbReader {
     /// Decodes `rows` (checked index rows) into `out` (`rows.len()` RGB images of
     /// [`Self::image_size`], back to back), mirroring image `i` when `flips[i]`.
     pub fn read_into(&self, rows: &[usize], flips: &[bool], out: &mut [u8]) -> Result<()> {
-        if flips.len() != rows.len() {
-            return Err(F2cError::InvalidInput(format!(
-                "flip has {} entries for {} rows",
-                flips.len(),
-                rows.len()
-            )));
-        }
-        let (height, width) = self.image_size()?;
-        let image_bytes = height * width * 3;
-        if out.len() != rows.len() * image_bytes {
-            return Err(F2cError::InvalidInput(
-                "output buffer has the wrong size".into(),
-            ));
-        }
+        let size = self.image_size()?;
+        batch::check_batch(rows.len(), flips.len(), out.len(), size)?;
         if rows.is_empty() {
             return Ok(());
         }
         let handles = self.handles()?;
-        let threads = self.num_threads.min(rows.len());
-        let decode = |rows: &[usize], flips: &[bool], out: &mut [u8]| {
-            self.decode_chunk(&handles, rows, flips, out, height, width)
-        };
-        if threads <= 1 {
-            return decode(rows, flips, out);
-        }
-        // A few chunks per thread balance uneven decode times; each chunk opens its own
-        // transactions (an LMDB read transaction is used by one thread at a time).
-        let chunk = rows.len().div_ceil(threads * 4);
-        parallel::pool(threads)?.install(|| {
-            out.par_chunks_mut(chunk * image_bytes)
-                .zip(rows.par_chunks(chunk))
-                .zip(flips.par_chunks(chunk))
-                .try_for_each(|((out, rows), flips)| decode(rows, flips, out))
+        // Each chunk opens its own transactions (an LMDB read transaction is used by one thread
+        // at a time).
+        batch::decode_batch(rows, flips, out, size, self.num_threads, || {
+            Ok(ChunkTxns {
+                reader: self,
+                handles: &handles,
+                txns: handles.iter().map(|_| None).collect(),
+            })
         })
     }
+}
 
-    fn decode_chunk(
-        &self,
-        handles: &[Arc<OpenDb>],
-        rows: &[usize],
-        flips: &[bool],
-        out: &mut [u8],
-        height: usize,
-        width: usize,
+/// One decode chunk's read transactions, opened on first use per db.
+struct ChunkTxns<'r> {
+    reader: &'r LmdbReader,
+    handles: &'r [Arc<OpenDb>],
+    txns: Vec<Option<RoTxn<'r, WithoutTls>>>,
+}
+
+impl JpegFetch for ChunkTxns<'_> {
+    fn with_jpeg(
+        &mut self,
+        row: usize,
+        decode: &mut dyn FnMut(&[u8]) -> std::result::Result<(), String>,
     ) -> Result<()> {
-        let mut txns: Vec<Option<RoTxn<'_, WithoutTls>>> = handles.iter().map(|_| None).collect();
-        let image_bytes = height * width * 3;
-        for ((&row, &flip), image) in rows
-            .iter()
-            .zip(flips)
-            .zip(out.chunks_exact_mut(image_bytes))
-        {
-            let file = self.index.file_of_row(row);
-            let txn = match &mut txns[file] {
-                Some(t) => t,
-                slot => slot.insert(self.read_txn(&handles[file], file)?),
-            };
-            let value = self.get(txn, &handles[file], row, file)?;
-            jpeg::jpeg_payload(value)
-                .and_then(|jpeg| jpeg::decode_rgb_into(jpeg, image, height, width, flip))
-                .map_err(|msg| self.bad_record(row, file, msg))?;
-        }
-        Ok(())
+        let reader = self.reader;
+        let file = reader.index.file_of_row(row);
+        let db = &self.handles[file];
+        let txn = match &mut self.txns[file] {
+            Some(t) => t,
+            slot => slot.insert(reader.read_txn(db, file)?),
+        };
+        let value = reader.get(txn, db, row, file)?;
+        jpeg::jpeg_payload(value)
+            .and_then(decode)
+            .map_err(|msg| reader.bad_record(row, file, msg))
     }
 }
 

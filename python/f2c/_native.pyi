@@ -76,3 +76,50 @@ class LmdbReader:
         self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
     ) -> npt.NDArray[np.uint8]: ...
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...
+
+class RecordIOReader:
+    """An insightface / MXNet RecordIO pack (``train.rec`` + ``train.idx``) read in place: the
+    ``.rec`` memory-mapped, offsets from ``idx_path`` (default: the ``.idx`` beside the ``.rec``;
+    without one the ``.rec`` is scanned, with a ``UserWarning``). Rows are the image records
+    (those of header record 0 when the pack has one); labels come from the identity records
+    (``label_source="auto"``, each read then checks the record's own label) or from every
+    record (``"records"``), and must form ``0 .. C-1``. JPEG images only (a PNG record is a
+    ``ValueError`` naming it). Decoding is parallel with the GIL released, as ``LmdbReader``.
+    Errors name the file and the record index / byte offset (``ValueError``), or the ``.idx``
+    file and line."""
+
+    def __init__(
+        self,
+        rec_path: _Path,
+        idx_path: _Path | None = None,
+        num_threads: int | None = None,
+        label_source: str = "auto",
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def labels(self) -> npt.NDArray[np.int64]: ...  # read-only
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def identity_offsets(self) -> npt.NDArray[np.int64]: ...  # CSR, len num_classes + 1
+    @property
+    def identity_rows(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+    @property
+    def num_threads(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def idx_path(self) -> str | None: ...  # None: offsets came from a scan of the .rec
+    @property
+    def header(self) -> tuple[int, int] | None: ...  # header record 0's [first identity, end)
+    @property
+    def label_source(self) -> str: ...  # "identity records" or "records"
+    def keys(self) -> npt.NDArray[np.int64]: ...  # record index of every row
+    def key(self, row: int) -> int: ...
+    def offset(self, row: int) -> int: ...
+    def read(
+        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.uint8]: ...
+    def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...  # image bytes as stored

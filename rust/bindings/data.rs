@@ -32,7 +32,9 @@ fn path_strings(paths: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-fn readonly<'py, T: numpy::Element>(array: Bound<'py, PyArray1<T>>) -> PyResult<Py<PyArray1<T>>> {
+pub(super) fn readonly<'py, T: numpy::Element>(
+    array: Bound<'py, PyArray1<T>>,
+) -> PyResult<Py<PyArray1<T>>> {
     let kwargs = PyDict::new(array.py());
     kwargs.set_item("write", false)?;
     array.call_method("setflags", (), Some(&kwargs))?;
@@ -40,7 +42,7 @@ fn readonly<'py, T: numpy::Element>(array: Bound<'py, PyArray1<T>>) -> PyResult<
 }
 
 /// `np.asarray(obj)` as a 1-D array of `kind` ("rows": integers, "flip": booleans) → Vec.
-fn numpy_vector<'py>(
+pub(super) fn numpy_vector<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
     boolean: bool,
@@ -72,6 +74,39 @@ fn checked_rows(index: &KvIndex, rows: &Bound<'_, PyAny>) -> PyResult<Vec<usize>
         .iter()
         .map(|&r| Ok(index.check_row(r)?))
         .collect()
+}
+
+/// `flip` (None: no flips) as one boolean per row.
+pub(super) fn flips_for(rows: usize, flip: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<bool>> {
+    let Some(flip) = flip else {
+        return Ok(vec![false; rows]);
+    };
+    let flip = numpy_vector(flip, "flip", true)?.cast_into::<PyArray1<bool>>()?;
+    let flip = flip.readonly();
+    let flip = flip.as_slice()?.to_vec();
+    if flip.len() != rows {
+        return Err(PyValueError::new_err(format!(
+            "flip has {} entries for {rows} rows",
+            flip.len()
+        )));
+    }
+    Ok(flip)
+}
+
+/// A new uint8 `[n, height, width, 3]` array filled by `read_into` with the GIL released.
+pub(super) fn read_batch<'py>(
+    py: Python<'py>,
+    n: usize,
+    (height, width): (usize, usize),
+    read_into: impl FnOnce(&mut [u8]) -> crate::error::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArray4<u8>>> {
+    let batch = PyArray4::<u8>::zeros(py, [n, height, width, 3], false);
+    {
+        let mut view = batch.readwrite();
+        let out = view.as_slice_mut()?;
+        py.detach(|| read_into(out))?;
+    }
+    Ok(batch)
 }
 
 /// Index of a training db's kv files (see `f2c.KvIndex`).
@@ -212,30 +247,11 @@ impl PyLmdbReader {
         flip: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray4<u8>>> {
         let rows = checked_rows(self.inner.index(), rows)?;
-        let flips: Vec<bool> = match flip {
-            None => vec![false; rows.len()],
-            Some(flip) => {
-                let flip = numpy_vector(flip, "flip", true)?.cast_into::<PyArray1<bool>>()?;
-                let flip = flip.readonly();
-                let flip = flip.as_slice()?.to_vec();
-                if flip.len() != rows.len() {
-                    return Err(PyValueError::new_err(format!(
-                        "flip has {} entries for {} rows",
-                        flip.len(),
-                        rows.len()
-                    )));
-                }
-                flip
-            }
-        };
-        let (height, width) = py.detach(|| self.inner.image_size())?;
-        let batch = PyArray4::<u8>::zeros(py, [rows.len(), height, width, 3], false);
-        {
-            let mut view = batch.readwrite();
-            let out = view.as_slice_mut()?;
-            py.detach(|| self.inner.read_into(&rows, &flips, out))?;
-        }
-        Ok(batch)
+        let flips = flips_for(rows.len(), flip)?;
+        let size = py.detach(|| self.inner.image_size())?;
+        read_batch(py, rows.len(), size, |out| {
+            self.inner.read_into(&rows, &flips, out)
+        })
     }
 
     fn read_bytes<'py>(

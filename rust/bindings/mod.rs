@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod pool;
+pub mod recordio;
 
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::PyErr;
@@ -17,6 +18,7 @@ impl From<F2cError> for PyErr {
             F2cError::Io { .. } => PyOSError::new_err(msg),
             F2cError::MissingKey { .. } => PyKeyError::new_err(msg),
             F2cError::IndexOutOfRange { .. } => PyIndexError::new_err(msg),
+            F2cError::RecordIo { .. } => PyValueError::new_err(msg),
             F2cError::InvalidInput(_)
             | F2cError::CapacityExceeded { .. }
             | F2cError::CorruptState(_)
