@@ -103,3 +103,9 @@ def with_comment(jpeg: bytes, comment: bytes) -> bytes:
     """``jpeg`` with a COM segment holding ``comment`` right after its SOI marker."""
     assert jpeg[:2] == b"\xff\xd8"
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+
+
+def rec_from_rows(rec: Path, images_by_identity: Sequence[Sequence[bytes]]) -> Path:
+    """An insightface pack (header record 0, images, identity records) written to ``rec``."""
+    write_pack(rec, insightface_payloads(images_by_identity))
+    return rec

@@ -14,7 +14,8 @@ from PIL import Image
 import f2c
 from f2c import pack as pack_module
 from f2c.align import align_face, estimate_similarity, template
-from f2c.data.db import open_db, read_label_map
+from f2c.data import LmdbSource, open_training_source
+from f2c.data.db import read_label_map
 from f2c.pack import BadImageError, pack_image_folder, read_landmarks
 
 SIZE = 48
@@ -51,6 +52,12 @@ def reference_crop(pixels: np.ndarray, size: int) -> np.ndarray:
         (size, size), Image.Resampling.BILINEAR
     )
     return np.asarray(image)
+
+
+def open_db(root: Path) -> tuple[f2c.KvIndex, f2c.LmdbReader]:
+    source = open_training_source(root)
+    assert isinstance(source, LmdbSource)
+    return source.index, source.reader
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -1,25 +1,47 @@
-"""Training data: the db format and writers (``db``), synthetic identities (``synthetic``),
-samplers and loaders, and the shared normalisation.
+"""Training data: training sources and the one way to open them (``sources``), the db format
+and writers (``db``), synthetic identities (``synthetic``), samplers and loaders, and the shared
+normalisation.
 
-``KvIndex`` and ``LmdbReader`` (Rust) are re-exported here; ``normalize`` is imported on first
-use so that importing ``f2c.data`` does not import torch.
+``KvIndex``, ``LmdbReader`` and ``RecordIOReader`` (Rust) are re-exported here; ``normalize``
+is imported on first use so that importing ``f2c.data`` does not import torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from f2c._native import KvIndex, LmdbReader
+from f2c._native import KvIndex, LmdbReader, RecordIOReader
 from f2c.data.db import TrainingDbWriter, encode_datum, open_db, read_label_map
+from f2c.data.sources import (
+    LmdbSource,
+    LmdbSpec,
+    MixedSource,
+    RecordIOSource,
+    RecordIOSpec,
+    TrainingSource,
+    open_training_source,
+    resolve_data_path,
+    resolve_source_spec,
+)
 
 __all__ = [
     "KvIndex",
     "LmdbReader",
+    "LmdbSource",
+    "LmdbSpec",
+    "MixedSource",
+    "RecordIOReader",
+    "RecordIOSource",
+    "RecordIOSpec",
     "TrainingDbWriter",
+    "TrainingSource",
     "encode_datum",
     "normalize",
     "open_db",
+    "open_training_source",
     "read_label_map",
+    "resolve_data_path",
+    "resolve_source_spec",
 ]
 
 

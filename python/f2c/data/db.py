@@ -7,16 +7,20 @@ A packed db is a folder holding
   space), in the order the records were written,
 - ``labels.tsv`` — ``label<TAB>identity name`` per identity, labels in sorted-name order.
 
-Writers build the folder under a temporary name and rename it when complete, so a folder with
-the final name is always whole (see :func:`staging_dir`).
+Writers build the folder under a temporary name holding a marker file and rename it when
+complete, so a folder with the final name is always whole and a leftover staging folder never
+opens as a db (see :func:`staging_dir`, :func:`check_not_staging`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +33,10 @@ __all__ = [
     "KV_NAME",
     "LABELS_NAME",
     "LMDB_NAME",
+    "STAGING_MARKER",
     "DbLayout",
     "TrainingDbWriter",
+    "check_not_staging",
     "encode_datum",
     "open_db",
     "read_label_map",
@@ -41,6 +47,10 @@ __all__ = [
 LMDB_NAME = "train.lmdb"
 KV_NAME = "train.kv"
 LABELS_NAME = "labels.tsv"
+# Present in a staging folder from its creation until just before its rename.
+STAGING_MARKER = ".f2c-staging"
+# Suffixes tempfile.mkdtemp gives staging (".tmp-") and replaced (".old-") folders.
+_STAGING_NAME = re.compile(r"\.(tmp|old)-[A-Za-z0-9_]{8}$")
 
 # LMDB's default maximum key size.
 MAX_KEY_BYTES = 511
@@ -193,12 +203,17 @@ class TrainingDbWriter:
         try:
             self._flush()
             self._env.sync(True)
+            # Durable before the staging folder is renamed into place.
+            self._kv.flush()
+            os.fsync(self._kv.fileno())
         finally:
             self._env.close()
             self._kv.close()
         with open(self.layout.labels_path, "w", encoding="utf-8", newline="\n") as f:
             for label, name in enumerate(self.identity_names):
                 f.write(f"{label}\t{name}\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def abort(self) -> None:
         """Closes the files without finishing the label map (the folder is then discarded)."""
@@ -217,20 +232,90 @@ class TrainingDbWriter:
             self.abort()
 
 
+def check_not_staging(folder: str | os.PathLike[str]) -> None:
+    """``ValueError`` if ``folder`` is a staging (or replaced) folder of ``f2c.pack``."""
+    folder = Path(folder)
+    if (folder / STAGING_MARKER).exists() or _STAGING_NAME.search(folder.name):
+        raise ValueError(
+            f"{folder} is a staging folder of an unfinished or interrupted pack, not a db "
+            "(f2c.pack builds under a temporary name and renames the folder when complete); "
+            "pack again"
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_staging(final: str | os.PathLike[str]) -> list[Path]:
+    """Removes the staging folders of earlier, dead packs of ``final`` (``<name>.tmp-*`` /
+    ``<name>.old-*``) and returns them; one still being written by a live pack on this host is
+    kept and named in a warning."""
+    final = Path(final)
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for entry in sorted(final.parent.iterdir()):
+        if not (entry.name.startswith(f"{final.name}.") and _STAGING_NAME.search(entry.name)):
+            continue
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        owner = _staging_owner(entry / STAGING_MARKER)
+        if owner is not None and owner[0] == socket.gethostname() and _pid_alive(owner[1]):
+            warnings.warn(
+                f"{entry}: staging folder of a running pack (pid {owner[1]}); left alone",
+                stacklevel=3,
+            )
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _staging_owner(marker: Path) -> tuple[str, int] | None:
+    """(host, pid) written in a staging marker, or None when absent or unreadable."""
+    try:
+        host, _, pid = marker.read_text(encoding="utf-8").strip().rpartition(" ")
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary sibling folder of ``final`` renamed to ``final`` when the block succeeds.
 
-    On an exception (Ctrl-C included) the temporary folder is removed; a crash leaves only a
-    ``<name>.tmp-*`` folder, never one with the final name.
+    The folder holds a marker file (host and pid of the writer) until just before the rename,
+    and carries a ``<name>.tmp-*`` name until the rename: :func:`check_not_staging` refuses
+    either. Stale staging folders of earlier packs of ``final`` are removed first (and named in
+    a warning). On an exception (Ctrl-C included) the temporary folder is removed.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (pass overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in clear_stale_staging(final):
+        warnings.warn(f"removed {stale}, left by an interrupted pack", stacklevel=3)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
     try:
+        (tmp / STAGING_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         yield tmp
+        (tmp / STAGING_MARKER).unlink()
+        _fsync_dir(tmp)
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f"{final.name}.old-", dir=final.parent))
             os.replace(final, trash / final.name)
@@ -238,6 +323,7 @@ def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> It
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -248,12 +334,21 @@ def open_db(
     *,
     num_threads: int | None = None,
 ) -> tuple[KvIndex, LmdbReader]:
-    """``KvIndex`` and ``LmdbReader`` over one or more packed db folders (labels offset)."""
+    """Deprecated: use ``f2c.data.open_training_source`` (its ``index`` and ``reader``)."""
+    from f2c.data.sources import LmdbSource
+
+    warnings.warn(
+        "open_db is deprecated; use f2c.data.open_training_source", DeprecationWarning,
+        stacklevel=2,
+    )
     if isinstance(roots, str | os.PathLike):
         roots = [roots]
+    for root in roots:
+        check_not_staging(root)
     layouts = [DbLayout(Path(r)) for r in roots]
-    index = KvIndex([os.fspath(layout.kv_path) for layout in layouts])
-    reader = LmdbReader(
-        [os.fspath(layout.lmdb_path) for layout in layouts], index, num_threads=num_threads
+    source = LmdbSource(
+        [layout.lmdb_path for layout in layouts],
+        [layout.kv_path for layout in layouts],
+        num_threads=num_threads,
     )
-    return index, reader
+    return source.index, source.reader
