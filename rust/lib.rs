@@ -21,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bindings::pool::PyClassPoolIndex>()?;
     m.add_class::<bindings::data::PyKvIndex>()?;
     m.add_class::<bindings::data::PyLmdbReader>()?;
+    m.add_function(wrap_pyfunction!(bindings::data::validate_jpeg, m)?)?;
     m.add_class::<bindings::recordio::PyRecordIoReader>()?;
     Ok(())
 }

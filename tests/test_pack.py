@@ -1,22 +1,30 @@
-"""pack_image_folder → KvIndex → LmdbReader round trips, alignment, bad images, atomicity, CLI."""
+"""pack_image_folder / pack_recordio → KvIndex → LmdbReader round trips, WebFace splits,
+alignment, bad and hostile inputs, atomicity (staging folders), CLI."""
 
 from __future__ import annotations
 
 import io
+import os
+import socket
+import struct
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from recordio_support import insightface_payloads, ir_payload, smooth_jpeg, write_pack
+from train_support import subprocess_env
 
 import f2c
 from f2c import pack as pack_module
 from f2c.align import align_face, estimate_similarity, template
-from f2c.data import LmdbSource, open_training_source
-from f2c.data.db import read_label_map
-from f2c.pack import BadImageError, pack_image_folder, read_landmarks
+from f2c.data import LmdbSource, RecordIOReader, open_training_source
+from f2c.data.db import STAGING_MARKER, read_label_map
+from f2c.pack import BadImageError, pack_image_folder, pack_recordio, read_landmarks
 
 SIZE = 48
 
@@ -244,3 +252,236 @@ def test_cli(tmp_path: Path) -> None:
     assert pack_module.main([str(tmp_path / "nothing"), str(tmp_path / "db2")]) == 1
     data = f2c.LmdbReader(tmp_path / "db" / "train.lmdb", index).read_bytes([0])[0]
     assert Image.open(io.BytesIO(data)).size == (32, 32)
+
+
+# --------------------------------------------------------------------------- RecordIO
+
+
+def _rec_faces(folder: Path, rng: np.random.Generator) -> tuple[Path, list[bytes]]:
+    """An insightface pack of 3 identities (3, 1, 2 images of 40 px)."""
+    identities = [[smooth_jpeg(rng, 40) for _ in range(n)] for n in (3, 1, 2)]
+    folder.mkdir(parents=True, exist_ok=True)
+    rec = folder / "train.rec"
+    write_pack(rec, insightface_payloads(identities))
+    return rec, [image for imgs in identities for image in imgs]
+
+
+def test_recordio_to_lmdb_keeps_bytes_and_pixels(tmp_path: Path) -> None:
+    rec, images = _rec_faces(tmp_path / "ms1m", np.random.default_rng(10))
+    result = pack_recordio(rec, tmp_path / "db", progress=False)
+    assert (result.num_images, result.num_classes) == (6, 3)
+    index, reader = open_db(tmp_path / "db")
+    assert [index.key(r) for r in range(6)] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+    assert index.labels.tolist() == [0, 0, 0, 1, 2, 2]
+    assert read_label_map(result.labels_path) == {"0": 0, "1": 1, "2": 2}
+    rows = np.arange(6)
+    assert reader.read_bytes(rows) == images  # copied as they are, never re-encoded
+    source = RecordIOReader(rec)
+    flips = rows % 2 == 0
+    assert np.array_equal(reader.read(rows, flip=flips), source.read(rows, flip=flips))
+
+
+def test_recordio_keys_are_padded_to_sort(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    image = smooth_jpeg(rng, 40)
+    rec = tmp_path / "plain.rec"
+    write_pack(rec, [ir_payload(float(i % 2), image) for i in range(12)])
+    pack_recordio(rec, tmp_path / "db", progress=False)
+    keys = (tmp_path / "db" / "train.kv").read_text().split()[::2]
+    assert keys == [f"{i:02d}" for i in range(12)]
+    # Keys out of order in the .idx: no LMDB append, same content.
+    write_pack(rec, [ir_payload(float(i % 2), image) for i in range(3)], keys=[5, 10, 1])
+    pack_recordio(rec, tmp_path / "db2", progress=False)
+    assert (tmp_path / "db2" / "train.kv").read_text() == "05 0\n10 1\n01 0\n"
+
+
+def test_recordio_bad_records_stop_or_are_skipped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    good = smooth_jpeg(rng, 40)
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(png, format="PNG")
+    rec = tmp_path / "bad.rec"
+    offsets = write_pack(rec, insightface_payloads([[good, png.getvalue()], [good, b"\xff\xd8x"]]))
+    with pytest.raises(BadImageError, match=rf"record 2 at byte {offsets[2]}: .*PNG"):
+        pack_recordio(rec, tmp_path / "db", progress=False)
+    assert not (tmp_path / "db").exists() and not list(tmp_path.glob("db.tmp-*"))
+    result = pack_recordio(rec, tmp_path / "db", skip_bad=True, progress=False)
+    assert result.num_images == 2 and [k for k, _ in result.skipped] == ["2", "4"]
+    report = (tmp_path / "db" / "skipped.tsv").read_text().splitlines()
+    assert report[1].startswith("2\t") and "PNG" in report[1]
+    # Without verification the bytes are copied (structure and labels still checked).
+    unchecked = pack_recordio(rec, tmp_path / "raw", verify=False, progress=False)
+    assert unchecked.num_images == 4
+
+
+def test_cli_packs_a_rec_and_its_folder(tmp_path: Path) -> None:
+    rec, images = _rec_faces(tmp_path / "ms1m", np.random.default_rng(13))
+    assert pack_module.main([str(rec), str(tmp_path / "a"), "--no-progress"]) == 0
+    assert pack_module.main([str(rec.parent), str(tmp_path / "b"), "--no-progress",
+                             "--no-verify"]) == 0
+    for name in ("a", "b"):
+        _, reader = open_db(tmp_path / name)
+        assert reader.read_bytes(np.arange(6)) == images
+    assert pack_module.main([str(rec), str(tmp_path / "faces"), str(tmp_path / "c")]) == 1
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _identity(folder: Path, rng: np.random.Generator, count: int = 2) -> None:
+    folder.mkdir(parents=True)
+    for k in range(count):
+        Image.fromarray(blocky(rng, SIZE, SIZE)).save(folder / f"{k}.jpg", quality=90)
+
+
+def test_webface_splits_under_one_root(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    root = tmp_path / "webface"
+    for split, names in (("0", ["m.b", "m.a"]), ("1", ["m.c", "m.a"])):
+        for name in names:
+            _identity(root / split / name, rng)
+    result = pack_image_folder(root, tmp_path / "db", size=SIZE, progress=False)
+    assert read_label_map(result.labels_path) == {"0/m.a": 0, "0/m.b": 1, "1/m.a": 2, "1/m.c": 3}
+    assert result.num_images == 8
+    assert any("m.a in 0, 1" in note for note in result.notes)
+    index, _ = open_db(tmp_path / "db")
+    assert index.key(0) == b"0/m.a/0.jpg" and index.key(7) == b"1/m.c/1.jpg"
+    # Forcing the flat layout makes the split folders the identities (no images directly).
+    with pytest.raises(ValueError, match="no images"):
+        pack_image_folder(root, tmp_path / "flat", size=SIZE, layout="flat", progress=False)
+
+
+def test_several_roots_are_splits(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    _identity(tmp_path / "part_a" / "x", rng)
+    _identity(tmp_path / "part_b" / "x", rng, 3)
+    assert pack_module.main([str(tmp_path / "part_a"), str(tmp_path / "part_b"),
+                             str(tmp_path / "db"), "--size", str(SIZE), "--no-progress"]) == 0
+    assert read_label_map(tmp_path / "db" / "labels.tsv") == {"part_a/x": 0, "part_b/x": 1}
+    index, _ = open_db(tmp_path / "db")
+    assert index.labels.tolist() == [0, 0, 1, 1, 1]
+    (tmp_path / "other").mkdir()
+    _identity(tmp_path / "other" / "part_a" / "y", rng)
+    with pytest.raises(ValueError, match="both named 'part_a'"):
+        pack_image_folder([tmp_path / "part_a", tmp_path / "other" / "part_a"],
+                          tmp_path / "db2", size=SIZE, progress=False)
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+def _huge_header(jpeg: bytes, height: int, width: int) -> bytes:
+    """``jpeg`` with its frame header (SOF0) claiming ``height`` x ``width``."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+def test_oversized_and_corrupt_jpegs_are_bad_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(16)
+    root = tmp_path / "faces"
+    _identity(root / "a", rng)
+    small = (root / "a" / "0.jpg").read_bytes()
+    (root / "a" / "huge.jpg").write_bytes(_huge_header(small, 12000, 12000))
+    with pytest.raises(BadImageError, match="huge.jpg: bad JPEG"):
+        pack_image_folder(root, tmp_path / "db", size=SIZE, progress=False)
+    (root / "a" / "huge.jpg").unlink()
+    (root / "a" / "cut.jpg").write_bytes(small[: len(small) // 2])
+    result = pack_image_folder(root, tmp_path / "db", size=SIZE, skip_bad=True, progress=False)
+    assert [k for k, _ in result.skipped] == ["a/cut.jpg"]
+    # A PNG (PIL path) above the side limit is refused before it is decoded.
+    Image.new("RGB", (300, 20)).save(root / "a" / "wide.png")
+    result = pack_image_folder(root, tmp_path / "db", size=SIZE, skip_bad=True, max_side=256,
+                               overwrite=True, progress=False)
+    assert dict(result.skipped)["a/wide.png"].startswith("image of 300x20 pixels is above")
+
+
+def test_symlink_loops_are_skipped_and_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(17)
+    root = tmp_path / "faces"
+    _identity(root / "a", rng)
+    _identity(root / "b", rng)
+    (root / "a" / "loop.jpg").symlink_to("loop.jpg")
+    (root / "spin").symlink_to("spin")
+    with pytest.raises(BadImageError, match="spin: cannot examine"):
+        pack_image_folder(root, tmp_path / "db", size=SIZE, progress=False)
+    result = pack_image_folder(root, tmp_path / "db", size=SIZE, skip_bad=True, progress=False)
+    assert result.num_images == 4
+    assert sorted(k for k, _ in result.skipped) == ["a/loop.jpg", "spin/"]
+
+
+def test_non_utf8_names_are_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(18)
+    root = tmp_path / "faces"
+    _identity(root / "a", rng)
+    bad = os.fsdecode(b"caf\xe9")  # Latin-1 bytes, not UTF-8
+    _identity(root / bad, rng)
+    with pytest.raises(BadImageError, match=r"caf\\xe9: folder name is not valid UTF-8"):
+        pack_image_folder(root, tmp_path / "db", size=SIZE, skip_bad=True, progress=False)
+    os.rename(root / bad, root / "b")
+    os.rename(root / "b" / "0.jpg", root / "b" / os.fsdecode(b"\xff.jpg"))
+    result = pack_image_folder(root, tmp_path / "db", size=SIZE, skip_bad=True, progress=False)
+    assert result.num_images == 3
+    assert result.skipped[0][0] == "b/\\xff.jpg" and "UTF-8" in result.skipped[0][1]
+
+
+def test_kv_and_labels_are_fsynced_before_the_rename(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path / "faces", np.random.default_rng(19))
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    pack_image_folder(tmp_path / "faces", tmp_path / "db", size=SIZE, progress=False)
+    names = [Path(p).name for p in synced]
+    assert "train.kv" in names and "labels.tsv" in names
+    # Both inside the staging folder, before it became db/.
+    assert all(".tmp-" in p for p in synced if p.endswith((".kv", ".tsv")))
+
+
+def test_a_killed_pack_leaves_nothing_that_opens(tmp_path: Path) -> None:
+    make_tree(tmp_path / "faces", np.random.default_rng(20))
+    script = textwrap.dedent(f"""
+        import time, f2c.pack as p
+        real = p._prepare
+        def slow(*a):
+            time.sleep(0.5)
+            return real(*a)
+        p._prepare = slow
+        p.pack_image_folder({str(tmp_path / "faces")!r}, {str(tmp_path / "db")!r}, size=32,
+                            progress=False)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env())
+    try:
+        for _ in range(200):
+            staged = list(tmp_path.glob("db.tmp-*"))
+            if staged and (staged[0] / "train.kv").exists():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the pack never started writing")
+    finally:
+        child.kill()
+        child.wait()
+    (leftover,) = tmp_path.glob("db.tmp-*")
+    with pytest.raises(ValueError, match="staging folder"):
+        open_training_source(leftover)
+    renamed = tmp_path / "renamed"
+    leftover.rename(renamed)  # even under another name, its marker refuses it
+    with pytest.raises(ValueError, match="staging folder"):
+        open_training_source(renamed)
+    renamed.rename(leftover)
+    # A pack of the same output removes it (its writer is dead) and says so.
+    with pytest.warns(UserWarning, match=r"removed .*db\.tmp-.*interrupted pack"):
+        pack_image_folder(tmp_path / "faces", tmp_path / "db", size=32, progress=False)
+    assert not list(tmp_path.glob("db.tmp-*"))
+    # A staging folder of a live pack is left alone, and named.
+    live = tmp_path / "db2.tmp-abcd1234"
+    live.mkdir()
+    (live / STAGING_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    with pytest.warns(UserWarning, match="running pack"):
+        pack_image_folder(tmp_path / "faces", tmp_path / "db2", size=32, progress=False)
+    assert live.exists()

@@ -123,3 +123,7 @@ class RecordIOReader:
         self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
     ) -> npt.NDArray[np.uint8]: ...
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...  # image bytes as stored
+
+def validate_jpeg(data: bytes, max_side: int = 8192) -> tuple[int, int]:
+    """(height, width) of ``data`` if it is a complete, uncorrupted JPEG of at most
+    ``max_side`` pixels per side (the reader's strict decoder), else ``ValueError``."""

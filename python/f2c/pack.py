@@ -1,13 +1,33 @@
-"""Pack an image-folder tree (``root/<identity>/<image>``) into a training db.
+"""Pack training data into an f2c training db (``train.lmdb``, ``train.kv``, ``labels.tsv``).
 
-Labels follow the sorted identity names, so the same tree gives the same labels on every
-machine. Images are stored as JPEG crops of ``size``×``size``: JPEGs already at that size (RGB,
-no landmarks given) are stored byte for byte; others are aligned with 5 landmarks onto the
-ArcFace template, or else centre-cropped to a square and resized, and re-encoded.
+Three kinds of input:
 
-The db folder is built under a temporary name and renamed when complete (``f2c.data.db``).
+* an image folder ``root/<identity>/<image>``;
+* WebFace-style splits: one root whose identity folders sit one level further down
+  (``root/0/<identity>/…``, ``root/1/…``; detected, or forced with ``--layout splits``), or
+  several roots given one after the other. Identities are named ``<split>/<identity>`` so names
+  stay unique across splits (a name found in several splits gives several identities, and a
+  note says so);
+* an insightface RecordIO pack (``train.rec`` with its ``train.idx``, or the folder holding
+  them): the JPEG bytes are copied as they are, never re-encoded; labels are those of the pack.
+
+Labels of folders follow the sorted identity names (split by split), so the same tree gives the
+same labels on every machine. Folder images are stored as JPEG crops of ``size``×``size``: JPEGs
+already at that size (RGB, no landmarks given) are stored byte for byte; others are aligned with 5
+landmarks onto the ArcFace template, or else centre-cropped to a square and resized, and
+re-encoded.
+
+Every JPEG stored is first checked with the reader's own strict decoder (``validate_jpeg``): a
+truncated or corrupt JPEG, or a header claiming more than ``max_side`` pixels per side, is a bad
+image (an error naming it, or skipped and listed with ``--skip-bad``). ``--no-verify`` copies a
+RecordIO pack's bytes at disk speed, checking only its record structure and labels.
+
+The db folder is built under a temporary name and renamed when complete (``f2c.data.db``); a
+leftover staging folder never opens as a db and is removed by the next pack of the same output.
 
     python -m f2c.pack faces/ packed/ --size 112 --landmarks faces/landmarks.txt --workers 2
+    python -m f2c.pack webface42m/ packed/ --size 112            # root/0 … root/9 splits
+    python -m f2c.pack ms1m-retinaface-t1/train.rec packed/       # RecordIO → LMDB
 """
 
 from __future__ import annotations
@@ -20,22 +40,35 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from f2c._native import RecordIOReader, validate_jpeg
 from f2c.align import align_face
 from f2c.data.db import DbLayout, TrainingDbWriter, staging_dir, validate_key
+from f2c.data.sources import RecordIOSpec, resolve_data_path
 
-__all__ = ["BadImageError", "PackResult", "main", "pack_image_folder", "read_landmarks"]
+__all__ = [
+    "BadImageError",
+    "PackResult",
+    "main",
+    "pack_image_folder",
+    "pack_recordio",
+    "read_landmarks",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 REPORT_NAME = "skipped.tsv"
+# Largest image side accepted (the reader's limit).
+MAX_SIDE = 8192
+Layout = Literal["auto", "flat", "splits"]
 
 
 class BadImageError(ValueError):
-    """An image that cannot be packed (unreadable, no landmarks, unsupported name)."""
+    """An image that cannot be packed (unreadable, corrupt, too large, no landmarks, bad name)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +81,7 @@ class PackResult:
     num_classes: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     report_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -80,41 +114,202 @@ def read_landmarks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return result
 
 
-def _scan(root: Path) -> tuple[list[str], list[tuple[int, Path, str]]]:
-    """Sorted identity names and (label, path, key) of every image file, in label order."""
-    identities: list[str] = []
-    images: list[tuple[int, Path, str]] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir():
-            continue
-        files = sorted(
-            (f for f in os.scandir(entry.path) if f.is_file() and
-             f.name.lower().endswith(IMAGE_EXTENSIONS)),
-            key=lambda f: f.name,
+# --------------------------------------------------------------------------- folder scan
+
+
+def _printable(path: str | os.PathLike[str]) -> str:
+    """A path as text even when its name is not UTF-8 (undecodable bytes shown escaped)."""
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _utf8_name(path: str) -> bool:
+    try:
+        os.path.basename(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_image(entry: os.DirEntry[str]) -> bool:
+    return entry.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _has_images(folder: str) -> bool:
+    """True when ``folder`` directly holds an image file (entries that cannot be read count
+    as not images)."""
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                try:
+                    if _is_image(entry) and entry.is_file():
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def _subfolders(folder: Path) -> tuple[list[os.DirEntry[str]], list[tuple[str, str]]]:
+    """Sub-folders of ``folder`` sorted by name, and (path, reason) of entries that cannot be
+    examined (a symlink loop). A folder name that is not UTF-8 raises ``BadImageError``."""
+    out, problems = [], []
+    with os.scandir(folder) as it:
+        for entry in it:
+            try:
+                is_dir = entry.is_dir()
+            except OSError as exc:
+                problems.append((entry.path, f"cannot examine: {exc}"))
+                continue
+            if is_dir:
+                if not _utf8_name(entry.path):
+                    raise BadImageError(
+                        f"{_printable(entry.path)}: folder name is not valid UTF-8 (identity "
+                        "names are stored as UTF-8 text); rename it"
+                    )
+                out.append(entry)
+    return sorted(out, key=lambda e: e.name), problems
+
+
+def detect_layout(root: Path) -> Literal["flat", "splits"]:
+    """``flat`` when identity folders sit directly under ``root`` (they hold images), ``splits``
+    when they sit one level further down (``root/<split>/<identity>/<image>``)."""
+    for sub in _subfolders(root)[0]:
+        if _has_images(sub.path):
+            return "flat"
+        for subsub in _subfolders(Path(sub.path))[0]:
+            if _has_images(subsub.path):
+                return "splits"
+    raise ValueError(
+        f"no images found under {root} (expected root/<identity>/<image> or "
+        "root/<split>/<identity>/<image>)"
+    )
+
+
+@dataclass(frozen=True)
+class _Split:
+    prefix: str  # '' for a single flat root, else '<split>/'
+    path: Path
+
+
+def _splits(roots: Sequence[Path], layout: Layout) -> list[_Split]:
+    """The folders whose sub-folders are identities, with the prefix of their names."""
+    named: list[tuple[str, Path]] = []
+    for root in roots:
+        kind = detect_layout(root) if layout == "auto" else layout
+        prefix = f"{root.name}/" if len(roots) > 1 else ""
+        if kind == "flat":
+            named.append((prefix, root))
+        else:
+            named.extend(
+                (f"{prefix}{sub.name}/", Path(sub.path)) for sub in _subfolders(root)[0]
+            )
+    seen: dict[str, Path] = {}
+    for prefix, path in named:
+        if prefix in seen:
+            raise ValueError(
+                f"two splits are both named {prefix.rstrip('/')!r}: {seen[prefix]} and {path} "
+                "(identity names would collide; give roots distinct folder names)"
+            )
+        seen[prefix] = path
+    return [_Split(prefix, path) for prefix, path in named]
+
+
+@dataclass
+class _Scan:
+    identities: list[str] = field(default_factory=list)
+    images: list[tuple[int, Path, str]] = field(default_factory=list)  # (label, path, key)
+    bad: list[tuple[Path, str, str]] = field(default_factory=list)  # (path, key, reason)
+    notes: list[str] = field(default_factory=list)
+
+
+def _scan(splits: Sequence[_Split]) -> _Scan:
+    """Identity names (``prefix + folder``), in split then name order, and every image file."""
+    scan = _Scan()
+    where: dict[str, list[str]] = {}
+    for split in splits:
+        folders, problems = _subfolders(split.path)
+        for path, reason in problems:
+            name = _printable(os.path.basename(path))
+            scan.bad.append((Path(path), f"{split.prefix}{name}/", reason))
+        for entry in folders:
+            files = []
+            with os.scandir(entry.path) as it:
+                for f in it:
+                    if not _is_image(f):
+                        continue
+                    key = f"{split.prefix}{entry.name}/{_printable(f.name)}"
+                    try:
+                        regular = f.is_file()
+                    except OSError as exc:  # a symlink loop, a vanished file
+                        scan.bad.append((Path(f.path), key, f"cannot examine: {exc}"))
+                        continue
+                    if not regular:
+                        continue
+                    if not _utf8_name(f.path):
+                        scan.bad.append(
+                            (Path(f.path), key, "file name is not valid UTF-8 (keys are UTF-8)")
+                        )
+                        continue
+                    files.append(f)
+            if not files:
+                continue
+            label = len(scan.identities)
+            scan.identities.append(split.prefix + entry.name)
+            where.setdefault(entry.name, []).append(split.prefix.rstrip("/"))
+            scan.images.extend(
+                (label, Path(f.path), f"{split.prefix}{entry.name}/{f.name}")
+                for f in sorted(files, key=lambda f: f.name)
+            )
+    repeated = {name: s for name, s in where.items() if len(s) > 1}
+    if repeated:
+        shown = "; ".join(f"{name} in {', '.join(s)}" for name, s in list(repeated.items())[:5])
+        scan.notes.append(
+            f"{len(repeated)} identity name(s) occur in several splits and were packed as "
+            f"separate identities (<split>/<name>): {shown}"
         )
-        if not files:
-            continue
-        label = len(identities)
-        identities.append(entry.name)
-        images.extend((label, Path(f.path), f"{entry.name}/{f.name}") for f in files)
-    return identities, images
+    return scan
 
 
-def _prepare(task: _Task, size: int, quality: int) -> tuple[bytes | None, str]:
+# --------------------------------------------------------------------------- images
+
+
+def _bounded(width: int, height: int, max_side: int) -> str:
+    if width > max_side or height > max_side:
+        return f"image of {width}x{height} pixels is above the limit of {max_side} per side"
+    return ""
+
+
+def _prepare(task: _Task, size: int, quality: int, max_side: int) -> tuple[bytes | None, str]:
     """The JPEG bytes to store for one image, or (None, reason)."""
     try:
         with open(task.path, "rb") as f:
             data = f.read()
+    except OSError as exc:
+        return None, f"unreadable file: {exc}"
+    is_jpeg = data[:2] == b"\xff\xd8"
+    if is_jpeg:
+        # The reader's own strict decoder: what is stored here decodes in training.
+        try:
+            validate_jpeg(data, max_side)
+        except ValueError as exc:
+            return None, f"bad JPEG: {exc}"
+    try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
+            too_big = _bounded(*image.size, max_side)
+            if too_big:
+                return None, too_big
             as_is = (
-                task.landmarks is None
+                is_jpeg
+                and task.landmarks is None
                 and image.format == "JPEG"
                 and image.mode == "RGB"
                 and image.size == (size, size)
             )
             if as_is:
                 return data, ""
+            image.load()
             rgb = image.convert("RGB")
     except Exception as exc:  # any decoder failure marks the image bad
         return None, f"unreadable image: {type(exc).__name__}: {exc}"
@@ -135,14 +330,14 @@ def _prepare(task: _Task, size: int, quality: int) -> tuple[bytes | None, str]:
     return out.getvalue(), ""
 
 
-def _prepare_star(args: tuple[_Task, int, int]) -> tuple[bytes | None, str]:
+def _prepare_star(args: tuple[_Task, int, int, int]) -> tuple[bytes | None, str]:
     return _prepare(*args)
 
 
 def _results(
-    tasks: Sequence[_Task], size: int, quality: int, workers: int
+    tasks: Sequence[_Task], size: int, quality: int, max_side: int, workers: int
 ) -> Iterator[tuple[bytes | None, str]]:
-    jobs = ((t, size, quality) for t in tasks)
+    jobs = ((t, size, quality, max_side) for t in tasks)
     if workers <= 1:
         yield from map(_prepare_star, jobs)
         return
@@ -152,8 +347,33 @@ def _results(
         yield from pool.imap(_prepare_star, jobs, chunksize=32)
 
 
+def _write_report(folder: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    with open(folder / REPORT_NAME, "w", encoding="utf-8", newline="\n") as f:
+        f.write("path\treason\n")
+        for key, reason in skipped:
+            f.write(f"{key}\t{' '.join(reason.split())}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _result(out: Path, count: int, classes: int, skipped: list[tuple[str, str]],
+            skip_bad: bool, notes: list[str]) -> PackResult:
+    layout = DbLayout(out)
+    return PackResult(
+        root=layout.root,
+        lmdb_path=layout.lmdb_path,
+        kv_path=layout.kv_path,
+        labels_path=layout.labels_path,
+        num_images=count,
+        num_classes=classes,
+        skipped=skipped,
+        report_path=out / REPORT_NAME if skip_bad else None,
+        notes=notes,
+    )
+
+
 def pack_image_folder(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
     size: int = 112,
@@ -163,27 +383,39 @@ def pack_image_folder(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    layout: Layout = "auto",
+    max_side: int = MAX_SIDE,
 ) -> PackResult:
-    """Packs ``root/<identity>/<image>`` into the db folder ``out`` (see module doc).
+    """Packs image folders (see the module doc) into the db folder ``out``.
 
-    Without ``skip_bad`` the first bad image stops packing with :class:`BadImageError` naming
-    it (and no db is left behind); with it, bad images are listed in ``out/skipped.tsv``.
+    ``root`` is one folder or several (splits). Without ``skip_bad`` the first bad image stops
+    packing with :class:`BadImageError` naming it (and no db is left behind); with it, bad
+    images are listed in ``out/skipped.tsv``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} is not a directory")
+    roots = [Path(root)] if isinstance(root, str | os.PathLike) else [Path(r) for r in root]
+    if not roots:
+        raise ValueError("no image folder given")
+    for r in roots:
+        if not r.is_dir():
+            raise FileNotFoundError(f"image root {r} is not a directory")
     if size < 8:
         raise ValueError(f"size must be at least 8, got {size}")
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    if layout not in ("auto", "flat", "splits"):
+        raise ValueError(f"layout must be auto, flat or splits, got {layout!r}")
     marks = read_landmarks(landmarks) if isinstance(landmarks, str | os.PathLike) else landmarks
-    identities, images = _scan(root)
-    if not images:
-        raise ValueError(f"no images found under {root} (expected root/<identity>/<image>)")
+    scan = _scan(_splits(roots, layout))
+    if not scan.images:
+        where = ", ".join(map(str, roots))
+        raise ValueError(f"no images found under {where} (expected root/<identity>/<image>)")
+    if scan.bad and not skip_bad:
+        path, _, reason = scan.bad[0]
+        raise BadImageError(f"{_printable(path)}: {reason}")
 
     tasks: list[_Task] = []
     bad: dict[int, str] = {}
-    for i, (_, path, key) in enumerate(images):
+    for i, (_, path, key) in enumerate(scan.images):
         points = None
         if marks is not None:
             found = marks.get(key)
@@ -197,15 +429,16 @@ def pack_image_folder(
             bad[i] = str(exc)
         tasks.append(_Task(os.fspath(path), key, points))
 
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = [(key, reason) for _, key, reason in scan.bad]
     with staging_dir(out, overwrite=overwrite) as tmp:
-        with TrainingDbWriter(tmp, identities) as writer:
+        with TrainingDbWriter(tmp, scan.identities) as writer:
             results = _results(
-                [t for i, t in enumerate(tasks) if i not in bad], size, quality, workers
+                [t for i, t in enumerate(tasks) if i not in bad], size, quality, max_side,
+                workers,
             )
             bar = tqdm(total=len(tasks), unit="img", disable=not progress, desc="pack")
             with bar:
-                for i, (label, _, key) in enumerate(images):
+                for i, (label, path, key) in enumerate(scan.images):
                     if i in bad:
                         value, reason = None, bad[i]
                     else:
@@ -213,40 +446,129 @@ def pack_image_folder(
                     bar.update(1)
                     if value is None:
                         if not skip_bad:
-                            raise BadImageError(f"{images[i][1]}: {reason}")
+                            raise BadImageError(f"{_printable(path)}: {reason}")
                         skipped.append((key, reason))
                         continue
                     writer.add(key, label, value)
             if writer.count == 0:
-                raise BadImageError(f"every image under {root} was unusable")
+                raise BadImageError(f"every image under {', '.join(map(str, roots))} was unusable")
             count = writer.count
-        report = None
         if skip_bad:
-            report = Path(out) / REPORT_NAME
-            with open(tmp / REPORT_NAME, "w", encoding="utf-8") as f:
-                f.write("path\treason\n")
-                for key, reason in skipped:
-                    f.write(f"{key}\t{reason}\n")
-    layout = DbLayout(Path(out))
-    return PackResult(
-        root=layout.root,
-        lmdb_path=layout.lmdb_path,
-        kv_path=layout.kv_path,
-        labels_path=layout.labels_path,
-        num_images=count,
-        num_classes=len(identities),
-        skipped=skipped,
-        report_path=report,
-    )
+            _write_report(tmp, skipped)
+    return _result(Path(out), count, len(scan.identities), skipped, skip_bad, scan.notes)
+
+
+# --------------------------------------------------------------------------- RecordIO
+
+
+def pack_recordio(
+    rec: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    idx: str | os.PathLike[str] | None = None,
+    label_source: str = "auto",
+    verify: bool = True,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    batch: int = 512,
+    num_threads: int | None = None,
+) -> PackResult:
+    """Copies the JPEGs of an insightface RecordIO pack into the db folder ``out``.
+
+    Keys are the record indices, zero-padded to one width (so LMDB appends them in order);
+    identity names in ``labels.tsv`` are the class ids. With ``verify`` every image is decoded
+    by the reader's strict decoder first (in parallel); without, only the record structure and
+    labels are checked. Bad records stop the pack with an error naming the record, or are
+    skipped and listed with ``skip_bad``.
+    """
+    reader = RecordIOReader(rec, idx, num_threads, label_source)
+    rows_total = len(reader)
+    keys = reader.keys()
+    width = len(str(int(keys.max())))
+    ascending = bool(np.all(np.diff(keys) > 0))
+    labels = np.asarray(reader.labels)
+    names = [str(c) for c in range(reader.num_classes)]
+    skipped: list[tuple[str, str]] = []
+    with staging_dir(out, overwrite=overwrite) as tmp:
+        with TrainingDbWriter(tmp, names, append=ascending) as writer:
+            bar = tqdm(total=rows_total, unit="img", disable=not progress, desc="pack")
+            with bar:
+                for start in range(0, rows_total, batch):
+                    rows = np.arange(start, min(start + batch, rows_total), dtype=np.int64)
+                    for row, value in _checked_records(reader, rows, verify, skip_bad, skipped):
+                        writer.add(f"{int(keys[row]):0{width}d}", int(labels[row]), value)
+                    bar.update(rows.size)
+            if writer.count == 0:
+                raise BadImageError(f"every record of {rec} was unusable")
+            count = writer.count
+        if skip_bad:
+            _write_report(tmp, skipped)
+    return _result(Path(out), count, reader.num_classes, skipped, skip_bad, [])
+
+
+def _checked_records(
+    reader: RecordIOReader,
+    rows: np.ndarray,
+    verify: bool,
+    skip_bad: bool,
+    skipped: list[tuple[str, str]],
+) -> list[tuple[int, bytes]]:
+    """(row, image bytes) of ``rows`` that pass; with ``skip_bad`` the others go to
+    ``skipped``, without it the first raises ``BadImageError`` (its message names the
+    record)."""
+    try:
+        values = reader.read_bytes(rows)
+        if verify:
+            reader.read(rows)  # the reader's own decode: strict, parallel, GIL released
+        return list(zip(rows.tolist(), values, strict=True))
+    except ValueError as exc:
+        if not skip_bad:
+            raise BadImageError(str(exc)) from None
+    good = []
+    for row in rows.tolist():
+        try:
+            value = reader.read_bytes([row])[0]
+            if verify:
+                reader.read([row])
+        except ValueError as exc:
+            skipped.append((str(reader.key(row)), str(exc)))
+            continue
+        good.append((row, value))
+    return good
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _recordio_input(sources: Sequence[str]) -> RecordIOSpec | None:
+    """The RecordIO pack named by ``sources`` (one .rec, or a folder holding train.rec)."""
+    specs = []
+    for s in sources:
+        p = Path(s)
+        if p.suffix.lower() in (".rec", ".idx") or (p.is_dir() and (p / "train.rec").is_file()):
+            specs.append(resolve_data_path(p))
+    if not specs:
+        return None
+    if len(sources) > 1:
+        raise ValueError("a RecordIO pack is packed on its own (one .rec per output db)")
+    spec = specs[0]
+    assert isinstance(spec, RecordIOSpec)
+    return spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m f2c.pack",
-        description="Pack root/<identity>/<image> into a training db folder "
-        "(train.lmdb, train.kv, labels.tsv).",
+        description="Pack image folders (root/<identity>/<image>, WebFace-style splits) or an "
+        "insightface RecordIO pack into a training db folder (train.lmdb, train.kv, "
+        "labels.tsv).",
     )
-    parser.add_argument("root", help="image folder: one sub-folder per identity")
+    parser.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="image folder(s): one per split, or one root of root/<split>/<identity> folders; "
+        "or one .rec (its .idx beside it) or a folder holding train.rec",
+    )
     parser.add_argument("out", help="output db folder (must not exist unless --overwrite)")
     parser.add_argument("--size", type=int, default=112, help="crop size (112, or 224 for r50)")
     parser.add_argument(
@@ -255,26 +577,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoding")
     parser.add_argument("--workers", type=int, default=1, help="decode/encode processes")
     parser.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable images (listed in skipped.tsv)"
+        "--layout", choices=("auto", "flat", "splits"), default="auto",
+        help="flat: root/<identity>/<image>; splits: root/<split>/<identity>/<image>; "
+        "auto: detect (default)",
+    )
+    parser.add_argument(
+        "--max-side", type=int, default=MAX_SIDE,
+        help=f"refuse images larger than this per side (default {MAX_SIDE})",
+    )
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip bad images (listed in skipped.tsv)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-verify", action="store_true",
+        help="RecordIO: copy the JPEG bytes without decoding them first (disk speed; images "
+        "are then checked only when training reads them)",
+    )
+    parser.add_argument(
+        "--label-source", choices=("auto", "records"), default="auto",
+        help="RecordIO: labels from the identity records when the pack has them (auto), or "
+        "from every record's own header",
+    )
     args = parser.parse_args(argv)
     try:
-        result = pack_image_folder(
-            args.root,
-            args.out,
-            size=args.size,
-            landmarks=args.landmarks,
-            quality=args.quality,
-            workers=args.workers,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
+        rec = _recordio_input(args.sources)
+        if rec is not None:
+            result = pack_recordio(
+                rec.rec, args.out, idx=rec.idx, label_source=args.label_source,
+                verify=not args.no_verify, skip_bad=args.skip_bad, overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        else:
+            result = pack_image_folder(
+                args.sources,
+                args.out,
+                size=args.size,
+                landmarks=args.landmarks,
+                quality=args.quality,
+                workers=args.workers,
+                skip_bad=args.skip_bad,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                layout=args.layout,
+                max_side=args.max_side,
+            )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(
         f"packed {result.num_images} images of {result.num_classes} identities into "
         f"{result.root}" + (f"; skipped {len(result.skipped)} (see {result.report_path})"

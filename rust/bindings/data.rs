@@ -8,6 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
+use crate::jpeg;
 use crate::kv_index::KvIndex;
 use crate::lmdb_reader::LmdbReader;
 use crate::parallel;
@@ -74,6 +75,25 @@ fn checked_rows(index: &KvIndex, rows: &Bound<'_, PyAny>) -> PyResult<Vec<usize>
         .iter()
         .map(|&r| Ok(index.check_row(r)?))
         .collect()
+}
+
+/// Checks that `data` is a complete, uncorrupted JPEG of at most `max_side` pixels per side
+/// (the reader's strict decoder, a full decode); returns its (height, width).
+#[pyfunction]
+#[pyo3(signature = (data, max_side = 8192))]
+pub fn validate_jpeg(py: Python<'_>, data: &[u8], max_side: usize) -> PyResult<(usize, usize)> {
+    py.detach(|| {
+        let (height, width) = jpeg::jpeg_size(data)?;
+        if height > max_side || width > max_side {
+            return Err(format!(
+                "the JPEG header claims {height}x{width} (HxW), above {max_side} per side"
+            ));
+        }
+        let mut pixels = vec![0u8; height * width * 3];
+        jpeg::decode_rgb_into(data, &mut pixels, height, width, false)?;
+        Ok((height, width))
+    })
+    .map_err(PyValueError::new_err)
 }
 
 /// `flip` (None: no flips) as one boolean per row.

@@ -139,8 +139,10 @@ def read_label_map(path: str | os.PathLike[str]) -> dict[str, int]:
 class TrainingDbWriter:
     """Writes records into a db folder (LMDB + kv + label map), committing in batches.
 
-    The LMDB map grows on demand, so no size has to be guessed up front. Use as a context
-    manager; :meth:`close` writes the label map and flushes everything.
+    The LMDB map grows on demand, so no size has to be guessed up front. With ``append`` the
+    keys arrive in increasing byte order and LMDB appends them (no B-tree search, full pages);
+    a key out of order is then an error. Use as a context manager; :meth:`close` writes the
+    label map and flushes everything to disk.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class TrainingDbWriter:
         *,
         commit_every: int = 2048,
         initial_map_size: int = 1 << 30,
+        append: bool = False,
     ) -> None:
         self.layout = DbLayout(Path(root))
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,7 @@ class TrainingDbWriter:
         self._kv = open(self.layout.kv_path, "w", encoding="utf-8", newline="\n")
         self._pending: list[tuple[bytes, bytes]] = []
         self._commit_every = commit_every
+        self._append = append
         self.count = 0
         self._closed = False
 
@@ -188,8 +192,11 @@ class TrainingDbWriter:
             try:
                 with self._env.begin(write=True) as txn:
                     for key, value in self._pending:
-                        if not txn.put(key, value, overwrite=False):
-                            raise ValueError(f"duplicate record key {key.decode('utf-8')!r}")
+                        if not txn.put(key, value, overwrite=False, append=self._append):
+                            raise ValueError(
+                                f"duplicate (or, appending, out-of-order) record key "
+                                f"{key.decode('utf-8')!r}"
+                            )
                 break
             except lmdb.MapFullError:
                 # The transaction was aborted; grow the map and write the batch again.
