@@ -249,7 +249,7 @@ def test_cli(tmp_path: Path) -> None:
     ) == 0
     index = f2c.KvIndex(tmp_path / "db" / "train.kv")
     assert len(index) == 7
-    assert pack_module.main([str(tmp_path / "nothing"), str(tmp_path / "db2")]) == 1
+    assert pack_module.main([str(tmp_path / "nothing"), str(tmp_path / "db2")]) == 2
     data = f2c.LmdbReader(tmp_path / "db" / "train.lmdb", index).read_bytes([0])[0]
     assert Image.open(io.BytesIO(data)).size == (32, 32)
 
@@ -322,7 +322,7 @@ def test_cli_packs_a_rec_and_its_folder(tmp_path: Path) -> None:
     for name in ("a", "b"):
         _, reader = open_db(tmp_path / name)
         assert reader.read_bytes(np.arange(6)) == images
-    assert pack_module.main([str(rec), str(tmp_path / "faces"), str(tmp_path / "c")]) == 1
+    assert pack_module.main([str(rec), str(tmp_path / "faces"), str(tmp_path / "c")]) == 2
 
 
 # --------------------------------------------------------------------------- splits
@@ -485,3 +485,15 @@ def test_a_killed_pack_leaves_nothing_that_opens(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="running pack"):
         pack_image_folder(tmp_path / "faces", tmp_path / "db2", size=32, progress=False)
     assert live.exists()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "broken.rec"
+    rec.write_bytes(b"\x0a\x23\xd7\xce\x10\x00\x00\x00short")
+    rec.with_suffix(".idx").write_text("0\t0\n")
+    assert pack_module.main([str(rec), str(tmp_path / "db"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m f2c.pack: error: {rec}: record 0")
+    assert "truncated" in err[0]
+    with pytest.raises(ValueError, match="truncated"):
+        pack_module.main([str(rec), str(tmp_path / "db"), "--debug"])

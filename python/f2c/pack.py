@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from f2c._native import RecordIOReader, validate_jpeg
 from f2c.align import align_face
+from f2c.cli import add_debug_option, run_cli
 from f2c.data.db import DbLayout, TrainingDbWriter, staging_dir, validate_key
 from f2c.data.sources import RecordIOSpec, resolve_data_path
 
@@ -59,6 +60,8 @@ __all__ = [
     "pack_recordio",
     "read_landmarks",
 ]
+
+PROG = "python -m f2c.pack"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 REPORT_NAME = "skipped.tsv"
@@ -558,8 +561,15 @@ def _recordio_input(sources: Sequence[str]) -> RecordIOSpec | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m f2c.pack``: 0 when packed; bad inputs print one line and return 2 (``--debug``
+    or ``F2C_DEBUG=1`` shows the traceback)."""
+    # Bad inputs surface as ValueError (BadImageError, malformed packs) or OSError.
+    return run_cli(PROG, _pack, argv, user_errors=(ValueError, OSError))
+
+
+def _pack(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m f2c.pack",
+        prog=PROG,
         description="Pack image folders (root/<identity>/<image>, WebFace-style splits) or an "
         "insightface RecordIO pack into a training db folder (train.lmdb, train.kv, "
         "labels.tsv).",
@@ -600,32 +610,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="RecordIO: labels from the identity records when the pack has them (auto), or "
         "from every record's own header",
     )
+    add_debug_option(parser)
     args = parser.parse_args(argv)
-    try:
-        rec = _recordio_input(args.sources)
-        if rec is not None:
-            result = pack_recordio(
-                rec.rec, args.out, idx=rec.idx, label_source=args.label_source,
-                verify=not args.no_verify, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-        else:
-            result = pack_image_folder(
-                args.sources,
-                args.out,
-                size=args.size,
-                landmarks=args.landmarks,
-                quality=args.quality,
-                workers=args.workers,
-                skip_bad=args.skip_bad,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-                layout=args.layout,
-                max_side=args.max_side,
-            )
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    rec = _recordio_input(args.sources)
+    if rec is not None:
+        result = pack_recordio(
+            rec.rec, args.out, idx=rec.idx, label_source=args.label_source,
+            verify=not args.no_verify, skip_bad=args.skip_bad, overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    else:
+        result = pack_image_folder(
+            args.sources,
+            args.out,
+            size=args.size,
+            landmarks=args.landmarks,
+            quality=args.quality,
+            workers=args.workers,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            layout=args.layout,
+            max_side=args.max_side,
+        )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(
