@@ -256,6 +256,41 @@ fn parse_u64(text: &[u8], what: &str) -> std::result::Result<u64, String> {
     Ok(text.iter().fold(0u64, |v, &b| v * 10 + u64::from(b - b'0')))
 }
 
+/// The common `.idx` line in one pass: up to 19 digits, one tab or space, up to 19 digits.
+/// `None` sends the line to [`parse_idx_line_slow`] (which also words the errors).
+#[inline]
+fn parse_idx_line_fast(line: &[u8]) -> Option<(u64, u64)> {
+    let digits = |from: usize| -> (u64, usize) {
+        let mut value = 0u64;
+        let mut i = from;
+        while let Some(d) = line
+            .get(i)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|&d| d <= 9)
+        {
+            value = value.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        (value, i)
+    };
+    let (key, sep) = digits(0);
+    if sep == 0 || sep > 19 || !matches!(line.get(sep), Some(b'\t' | b' ')) {
+        return None;
+    }
+    let (offset, end) = digits(sep + 1);
+    (end == line.len() && end > sep + 1 && end - sep - 1 <= 19).then_some((key, offset))
+}
+
+#[cold]
+fn parse_idx_line_slow(line: &[u8]) -> std::result::Result<(u64, u64), String> {
+    let Some(sep) = line.iter().position(|&b| b == b'\t' || b == b' ') else {
+        return Err("expected `index<TAB>offset`".into());
+    };
+    let key = parse_u64(&line[..sep], "index")?;
+    let offset = parse_u64(line[sep..].trim_ascii(), "offset")?;
+    Ok((key, offset))
+}
+
 fn io_error(path: &Path, err: impl std::fmt::Display) -> F2cError {
     F2cError::Io {
         path: path.display().to_string(),
@@ -270,8 +305,8 @@ fn parse_idx(path: &Path, data: &[u8], rec: &Path, rec_len: u64) -> Result<Entri
         line,
         message,
     };
-    // A line takes at least 4 bytes ("0\t0\n").
-    let mut offsets: Vec<u64> = bigvec::with_capacity(data.len() / 4 + 1);
+    let lines = memchr::memchr_iter(b'\n', data).count() + 1;
+    let mut offsets: Vec<u64> = bigvec::with_capacity(lines);
     let mut listed: Option<Vec<u64>> = None;
     let mut base = 0;
     let mut start = 0;
@@ -283,12 +318,10 @@ fn parse_idx(path: &Path, data: &[u8], rec: &Path, rec_len: u64) -> Result<Entri
         if let [rest @ .., b'\r'] = line {
             line = rest;
         }
-        let Some(sep) = line.iter().position(|&b| b == b'\t' || b == b' ') else {
-            return Err(parse_error(i + 1, "expected `index<TAB>offset`".into()));
+        let (key, offset) = match parse_idx_line_fast(line) {
+            Some(parsed) => parsed,
+            None => parse_idx_line_slow(line).map_err(|m| parse_error(i + 1, m))?,
         };
-        let key = parse_u64(&line[..sep], "index").map_err(|m| parse_error(i + 1, m))?;
-        let value = line[sep..].trim_ascii_start();
-        let offset = parse_u64(value, "offset").map_err(|m| parse_error(i + 1, m))?;
         if !matches!(offset.checked_add(PART_HEADER as u64), Some(end) if end <= rec_len) {
             return Err(parse_error(
                 i + 1,
@@ -322,7 +355,6 @@ fn parse_idx(path: &Path, data: &[u8], rec: &Path, rec_len: u64) -> Result<Entri
     if offsets.is_empty() {
         return Err(parse_error(1, "the .idx file lists no records".into()));
     }
-    offsets.shrink_to_fit();
     let keys = match listed {
         None => Keys::Dense { base },
         Some(mut keys) => {
@@ -452,8 +484,17 @@ impl RecordIoReader {
         let _ = map.advise(Advice::Sequential);
         let entries = match &idx {
             IdxSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-                parse_idx(path, &bytes, rec, rec_len)?
+                let file = File::open(path).map_err(|e| io_error(path, e))?;
+                let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+                if len == 0 {
+                    parse_idx(path, &[], rec, rec_len)?
+                } else {
+                    // SAFETY: read-only, and only for the parse, which copies what it keeps;
+                    // an .idx is not written while a training set is opened.
+                    let text = unsafe { MmapOptions::new().populate().map(&file) }
+                        .map_err(|e| io_error(path, e))?;
+                    parse_idx(path, &text, rec, rec_len)?
+                }
             }
             IdxSource::Scan => scan_rec(rec, &map)?,
         };
@@ -524,8 +565,7 @@ impl RecordIoReader {
         }
         let (labels, counts) = match (identities, label_source) {
             (Some((first, end)), LabelSource::Auto) => {
-                let (labels, counts, mut starts) = self.identity_labels(first, end)?;
-                starts.sort_unstable();
+                let (labels, counts, starts) = self.identity_labels(first, end)?;
                 self.identity_starts = Some(starts);
                 (labels, counts)
             }
@@ -622,7 +662,6 @@ impl RecordIoReader {
         first: u64,
         end: u64,
     ) -> Result<(Vec<i64>, Vec<i64>, IdentityStarts)> {
-        const UNSET: i64 = -1;
         let num_classes = end - first;
         if num_classes > self.len_u64() {
             return Err(self.header_error(format!(
@@ -631,9 +670,8 @@ impl RecordIoReader {
                 self.entries.len()
             )));
         }
-        let mut labels = bigvec::filled(self.len, UNSET);
-        let mut counts = Vec::with_capacity(num_classes as usize);
-        let mut starts = Vec::with_capacity(num_classes as usize);
+        // (first image record, end, class, entry position) of every identity.
+        let mut ranges = Vec::with_capacity(num_classes as usize);
         for class in 0..num_classes {
             let key = first + class;
             let pos = self.entries.position(key).ok_or_else(|| {
@@ -668,30 +706,52 @@ impl RecordIoReader {
                     ),
                 ));
             }
-            // Image record k is row k - 1.
-            let claimed = &mut labels[start - 1..stop - 1];
-            if let Some(i) = claimed.iter().position(|&l| l != UNSET) {
+            ranges.push((start, stop, class as i64, pos));
+        }
+        // The ranges must tile the image records 1..first: sorted by start, each begins where
+        // the one before ends.
+        ranges.sort_unstable();
+        let mut next = 1;
+        for &(start, stop, class, pos) in &ranges {
+            if start < next {
+                let owner = ranges
+                    .iter()
+                    .find(|r| r.0 <= start && start < r.1 && r.2 != class)
+                    .map_or(-1, |r| r.2);
                 return Err(self.record_error(
                     pos,
                     format!(
-                        "identity record of class {class} claims image record {} already \
-                         claimed by class {}",
-                        start + i,
-                        claimed[i]
+                        "identity record of class {class} claims image record {start} already \
+                         claimed by class {owner}"
                     ),
                 ));
             }
-            claimed.fill(class as i64);
-            starts.push((start - 1, class as i64));
-            counts.push((stop - start) as i64);
+            if start > next {
+                return Err(self.record_error(
+                    self.entry_of_row(next - 1),
+                    "image record in no identity record's range (pass label_source=\"records\" \
+                     to label images by their own headers)"
+                        .into(),
+                ));
+            }
+            next = stop;
         }
-        if let Some(row) = labels.iter().position(|&l| l == UNSET) {
+        if next != first as usize {
             return Err(self.record_error(
-                self.entry_of_row(row),
+                self.entry_of_row(next - 1),
                 "image record in no identity record's range (pass label_source=\"records\" to \
                  label images by their own headers)"
                     .into(),
             ));
+        }
+        let mut labels: Vec<i64> = bigvec::with_capacity(self.len);
+        let mut counts = vec![0i64; num_classes as usize];
+        let mut starts = Vec::with_capacity(ranges.len());
+        for &(start, stop, class, _) in &ranges {
+            // Image record k is row k - 1.
+            labels.resize(labels.len() + (stop - start), class);
+            counts[class as usize] = (stop - start) as i64;
+            starts.push((start - 1, class));
         }
         Ok((labels, counts, starts))
     }
