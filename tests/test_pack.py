@@ -497,3 +497,23 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "truncated" in err[0]
     with pytest.raises(ValueError, match="truncated"):
         pack_module.main([str(rec), str(tmp_path / "db"), "--debug"])
+
+
+def test_writer_add_many_refuses_duplicates_and_disorder(tmp_path: Path) -> None:
+    from f2c.data import TrainingDbWriter
+
+    with pytest.raises(ValueError, match="duplicate record key 'b'"), \
+            TrainingDbWriter(tmp_path / "dup", ["x"]) as writer:
+        writer.add_many(["a", "b"], [0, 0], [b"1", b"2"])
+        writer.add_many(["b"], [0], [b"3"])
+        writer.close()
+    with pytest.raises(ValueError, match="'a' is not after 'b'"), \
+            TrainingDbWriter(tmp_path / "order", ["x"], append=True) as writer:
+        writer.add_many(["b", "a"], [0, 0], [b"1", b"2"])
+        writer.close()
+    with pytest.raises(ValueError, match="label 1 outside 0..0"), \
+            TrainingDbWriter(tmp_path / "label", ["x"]) as writer:
+        writer.add_many(["a"], [1], [b"1"])
+    with TrainingDbWriter(tmp_path / "ok", ["x", "y"], append=True) as writer:
+        writer.add_many(["a", "b"], [1, 0], [b"1", b"2"])
+    assert (tmp_path / "ok" / "train.kv").read_text() == "a 1\nb 0\n"

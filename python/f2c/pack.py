@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -474,7 +475,7 @@ def pack_recordio(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    batch: int = 512,
+    batch: int = 1024,
     num_threads: int | None = None,
 ) -> PackResult:
     """Copies the JPEGs of an insightface RecordIO pack into the db folder ``out``.
@@ -496,12 +497,27 @@ def pack_recordio(
     with staging_dir(out, overwrite=overwrite) as tmp:
         with TrainingDbWriter(tmp, names, append=ascending) as writer:
             bar = tqdm(total=rows_total, unit="img", disable=not progress, desc="pack")
-            with bar:
-                for start in range(0, rows_total, batch):
-                    rows = np.arange(start, min(start + batch, rows_total), dtype=np.int64)
-                    for row, value in _checked_records(reader, rows, verify, skip_bad, skipped):
-                        writer.add(f"{int(keys[row]):0{width}d}", int(labels[row]), value)
-                    bar.update(rows.size)
+            starts = range(0, rows_total, batch)
+
+            def fetch(start: int) -> list[tuple[int, bytes]]:
+                rows = np.arange(start, min(start + batch, rows_total), dtype=np.int64)
+                return _checked_records(reader, rows, verify, skip_bad, skipped)
+
+            # One thread reads (and decodes) the next batch while this one writes the last:
+            # the reader and LMDB's commit both run without the GIL.
+            with bar, ThreadPoolExecutor(max_workers=1) as ahead:
+                pending = ahead.submit(fetch, starts[0])
+                for i in range(len(starts)):
+                    good = pending.result()
+                    if i + 1 < len(starts):
+                        pending = ahead.submit(fetch, starts[i + 1])
+                    kept = [row for row, _ in good]
+                    writer.add_many(
+                        [f"{k:0{width}d}" for k in keys[kept].tolist()],
+                        labels[kept].tolist(),
+                        [value for _, value in good],
+                    )
+                    bar.update(min(batch, rows_total - starts[i]))
             if writer.count == 0:
                 raise BadImageError(f"every record of {rec} was unusable")
             count = writer.count

@@ -141,8 +141,9 @@ class TrainingDbWriter:
 
     The LMDB map grows on demand, so no size has to be guessed up front. With ``append`` the
     keys arrive in increasing byte order and LMDB appends them (no B-tree search, full pages);
-    a key out of order is then an error. Use as a context manager; :meth:`close` writes the
-    label map and flushes everything to disk.
+    a key out of order is then an error. Commits do not wait for the disk: :meth:`close` syncs
+    everything once (a writer that dies before it leaves only a staging folder, which is
+    discarded). Use as a context manager; :meth:`close` also writes the label map.
     """
 
     def __init__(
@@ -165,7 +166,7 @@ class TrainingDbWriter:
             map_size=initial_map_size,
             subdir=True,
             meminit=False,
-            map_async=True,
+            sync=False,
             writemap=False,
         )
         self._kv = open(self.layout.kv_path, "w", encoding="utf-8", newline="\n")
@@ -185,23 +186,59 @@ class TrainingDbWriter:
         if len(self._pending) >= self._commit_every:
             self._flush()
 
+    def add_many(self, keys: Sequence[str], labels: Sequence[int], values: Sequence[bytes]) -> None:
+        """:meth:`add` for many records at once (the same checks, less per-record work)."""
+        if not len(keys) == len(labels) == len(values):
+            raise ValueError(
+                f"{len(keys)} keys, {len(labels)} labels and {len(values)} values differ in number"
+            )
+        raw = [validate_key(key) for key in keys]
+        top = len(self.identity_names)
+        if labels and not all(0 <= label < top for label in labels):
+            bad = next(label for label in labels if not 0 <= label < top)
+            raise ValueError(f"label {bad} outside 0..{top - 1}")
+        self._pending.extend(zip(raw, values, strict=True))
+        self._kv.write("".join(f"{k} {label}\n" for k, label in zip(keys, labels, strict=True)))
+        self.count += len(keys)
+        if len(self._pending) >= self._commit_every:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._pending:
             return
         while True:
             try:
                 with self._env.begin(write=True) as txn:
-                    for key, value in self._pending:
-                        if not txn.put(key, value, overwrite=False, append=self._append):
-                            raise ValueError(
-                                f"duplicate (or, appending, out-of-order) record key "
-                                f"{key.decode('utf-8')!r}"
-                            )
+                    _, added = txn.cursor().putmulti(
+                        self._pending, overwrite=False, append=self._append
+                    )
+                    if added != len(self._pending):
+                        raise ValueError(self._first_refused(txn))
                 break
             except lmdb.MapFullError:
                 # The transaction was aborted; grow the map and write the batch again.
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
         self._pending.clear()
+
+    def _first_refused(self, txn: lmdb.Transaction) -> str:
+        """Why a batch did not go in whole: the first key stored twice, or out of order."""
+        seen: set[bytes] = set()
+        previous = b""
+        for key, _ in self._pending:
+            if key in seen:
+                return f"duplicate record key {key.decode('utf-8')!r}"
+            if self._append and key <= previous:
+                return (
+                    f"record key {key.decode('utf-8')!r} is not after {previous.decode('utf-8')!r}"
+                    " (keys must increase when appending)"
+                )
+            seen.add(key)
+            previous = key
+        with self._env.begin() as committed:
+            for key, _ in self._pending:
+                if committed.get(key) is not None:
+                    return f"duplicate record key {key.decode('utf-8')!r}"
+        return "LMDB refused part of a batch"
 
     def close(self) -> None:
         if self._closed:
