@@ -75,10 +75,19 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class DataSource:
-    """One training db: an LMDB directory and its ``key label`` kv file."""
+    """One training source: ``path`` — a packed db folder, an LMDB with its kv file beside it,
+    a RecordIO ``.rec`` (its ``.idx`` beside it) or a folder holding ``train.rec`` — or an
+    LMDB directory ``lmdb`` and its ``key label`` kv file ``kv``. In a config file an entry may
+    be the path alone (see ``f2c.data.resolve_data_path``)."""
 
-    lmdb: str
-    kv: str
+    lmdb: str | None = None
+    kv: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        pair = self.lmdb is not None and self.kv is not None
+        if (self.path is None) != pair or (self.path is not None and (self.lmdb or self.kv)):
+            raise TypeError("a data source needs `path`, or `lmdb` and `kv`")
 
 
 @dataclass
@@ -348,12 +357,13 @@ def check_inputs(config: Config) -> None:
     not found an epoch later.
     """
     wanted: list[tuple[str, str | None, str, bool]] = []
+    problems = []
     for i, source in enumerate(config.data.sources):
         wanted.append((f"data.sources[{i}].lmdb", source.lmdb, "training db", False))
         wanted.append((f"data.sources[{i}].kv", source.kv, "kv file", True))
+        wanted.append((f"data.sources[{i}].path", source.path, "training data", False))
     wanted.append(("train.eval_pairs", config.train.eval_pairs, "pairs file", True))
     wanted.append(("model.init_from", config.model.init_from, "weights file", True))
-    problems = []
     for key, path, what, must_be_file in wanted:
         if path is None:
             continue
@@ -362,6 +372,13 @@ def check_inputs(config: Config) -> None:
             problems.append(f"{key}: {what} not found: {path}")
         elif must_be_file and not p.is_file():
             problems.append(f"{key}: {what} is not a file: {path}")
+        elif key.endswith("].path"):
+            from f2c.data.sources import resolve_data_path
+
+            try:
+                resolve_data_path(p)
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -428,6 +445,8 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if tp is DataSource and isinstance(value, str):
+            return DataSource(path=value)  # a source given as its path alone
         return _build(tp, value, where, source)
     if tp is bool:
         if isinstance(value, bool):
@@ -485,7 +504,7 @@ def _build(cls: type, values: Any, where: str, source: str) -> Any:
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}", source) for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:  # a required field (DataSource.lmdb/kv) is missing
+    except TypeError as exc:  # a required field is missing, or a DataSource is incomplete
         raise ConfigError(f"{source}: '{where}': {exc}") from exc
 
 
@@ -564,7 +583,7 @@ def resolve_config(
     defaults only when there is no ``base`` and neither ``file_values`` nor ``overrides`` give
     ``data.sources`` — the embedded default job. ``file_values``: a parsed config file.
     ``overrides``: ``"section.key" -> str`` (parsed by the field's type) or a typed value,
-    ``"data.sources"`` a list of ``{"lmdb", "kv"}`` mappings.
+    ``"data.sources"`` a list of ``{"path"}`` or ``{"lmdb", "kv"}`` mappings (or paths).
     """
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})

@@ -82,6 +82,7 @@ examples:
   python -m f2c.train --head fc                        # same data and budget, FC baseline
   python -m f2c.train run.yaml --optim.lr 0.05         # config file plus an override
   python -m f2c.train --data a.lmdb a.kv --data b.lmdb b.kv --eval-pairs lfw/pairs.txt
+  python -m f2c.train --data ms1m-retinaface-t1/train.rec  # RecordIO, read in place
   torchrun --nproc-per-node 8 -m f2c.train run.yaml    # DDP on one node
   python -m f2c.train --resume runs/f2c-ir50           # continue a run
 """
@@ -102,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config_file", nargs="?", help="YAML or TOML config file")
     parser.add_argument("--config", dest="config_flag", metavar="FILE",
                         help="config file (same as the positional argument)")
-    parser.add_argument("--data", nargs=2, action="append", metavar=("LMDB", "KV"),
-                        help="a training db and its kv file; repeat to combine several "
-                             "(labels are offset in order)")
+    parser.add_argument("--data", nargs="+", action="append", metavar="PATH",
+                        help="training data: a packed db folder, a RecordIO .rec (its .idx "
+                             "beside it) or a folder holding train.rec, an LMDB with its kv "
+                             "file beside it, or LMDB KV as two paths; repeat to combine "
+                             "several (labels are offset in order)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or "
                         "from this checkpoint file); its saved config is the base")
     parser.add_argument("--fresh", action="store_true",
@@ -140,7 +143,12 @@ def build_config(args: argparse.Namespace) -> tuple[Config, bool]:
     path = args.config_file or args.config_flag
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if "." in k}
     if args.data:
-        overrides["data.sources"] = [{"lmdb": lmdb, "kv": kv} for lmdb, kv in args.data]
+        if any(len(paths) > 2 for paths in args.data):
+            raise ConfigError("--data takes one path, or an LMDB and its kv file")
+        overrides["data.sources"] = [
+            {"path": paths[0]} if len(paths) == 1 else {"lmdb": paths[0], "kv": paths[1]}
+            for paths in args.data
+        ]
     resume_file = _checkpoint_file(args.resume) if args.resume else None
     config = resolve_config(
         load_config_file(path) if path else None,
@@ -218,7 +226,7 @@ def _train(argv: list[str]) -> int:
         sources, pairs, pixel = _prepare_data(config, runtime)
         if runtime.is_main:
             where = "the embedded synthetic default job" if not config.data.sources else \
-                ", ".join(s.lmdb for s in sources)
+                ", ".join(str(s.path or s.lmdb) for s in sources)
             print(f"f2c.train: {config.head.name} head, {config.model.backbone}, "
                   f"{runtime.world_size} process(es) on {runtime.device}, data: {where}; "
                   f"run folder {plan.run_dir}", file=sys.stderr, flush=True)

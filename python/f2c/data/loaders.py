@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,14 +29,13 @@ from f2c.data.samplers import (
     DistributedInstanceSampler,
     ReadRequest,
 )
-from f2c.data.sources import LmdbSource, TrainingSource, open_training_source
+from f2c.data.sources import LmdbSource, TrainingSource
 
 __all__ = [
     "IdentityDataset",
     "InstanceDataset",
     "TrainingDb",
     "make_loader",
-    "open_training_db",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -54,15 +53,6 @@ class TrainingDb(LmdbSource):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         LmdbSource.__init__(self, state["lmdb"], state["kv"], num_threads=state["threads"])
-
-
-def open_training_db(sources: Iterable[Any]) -> TrainingSource:
-    """Deprecated: use ``f2c.data.open_training_source``."""
-    warnings.warn(
-        "open_training_db is deprecated; use f2c.data.open_training_source", DeprecationWarning,
-        stacklevel=2,
-    )
-    return open_training_source(list(sources))
 
 
 class InstanceDataset(Dataset):

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 
 from f2c import heads, models
 from f2c.config import Config, DataConfig, TrainConfig
-from f2c.data.loaders import IdentityDataset, InstanceDataset, TrainingDb, make_loader
+from f2c.data.loaders import IdentityDataset, InstanceDataset, make_loader
 from f2c.data.samplers import DistributedIdentitySampler, DistributedInstanceSampler
+from f2c.data.sources import TrainingSource
 from f2c.heads import minimum_pool_size  # the head's own rule: y holds B + ⌈B/2⌉ rows
 from f2c.training.errors import TrainingError
 from f2c.training.runtime import Runtime
@@ -74,12 +75,12 @@ def amp_dtype(train: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def build_samplers(
-    db: TrainingDb, train: TrainConfig, runtime: Runtime
+    db: TrainingSource, train: TrainConfig, runtime: Runtime
 ) -> tuple[DistributedIdentitySampler, DistributedInstanceSampler]:
     """The identity and instance samplers; they refuse too-small dbs and too many ranks."""
     try:
         identity = DistributedIdentitySampler(
-            np.asarray(db.index.identity_offsets), np.asarray(db.index.identity_rows),
+            np.asarray(db.identity_offsets), np.asarray(db.identity_rows),
             train.batch_size, rank=runtime.rank, world_size=runtime.world_size, seed=train.seed,
         )
         instance = DistributedInstanceSampler(
@@ -92,7 +93,7 @@ def build_samplers(
 
 
 def build_loaders(
-    db: TrainingDb,
+    db: TrainingSource,
     identity_sampler: DistributedIdentitySampler,
     instance_sampler: DistributedInstanceSampler,
     data: DataConfig,

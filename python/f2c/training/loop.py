@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from f2c.config import Config
-from f2c.data.loaders import TrainingDb
+from f2c.data.sources import TrainingSource
 from f2c.heads import ProbeGallery, minimum_pool_size
 from f2c.training import build
 from f2c.training.build import resolve_pool_size, unwrap
@@ -94,7 +94,7 @@ class Trainer:
         self,
         config: Config,
         runtime: Runtime,
-        db: TrainingDb,
+        db: TrainingSource,
         run_dir: Path,
         *,
         sinks: Sequence[MetricsSink] = (),

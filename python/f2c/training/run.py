@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from f2c.config import Config, save_config
-from f2c.data.loaders import TrainingDb, open_training_db
+from f2c.data.sources import TrainingSource, open_training_source
 from f2c.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from f2c.training.errors import NonFiniteLossError, TrainingError
 from f2c.training.loop import FitResult, Trainer
@@ -101,7 +101,7 @@ def run_training(
     require_visible(runtime, run_dir / "config.yaml", "the run folder")  # shared across nodes
 
     try:
-        db: TrainingDb = open_training_db(sources)
+        db: TrainingSource = open_training_source(list(sources))
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot open the training db: {exc}") from exc
     trainer = Trainer(config, runtime, db, run_dir)
