@@ -184,6 +184,35 @@ fn as_index(value: f32, what: &str) -> std::result::Result<i64, String> {
     }
 }
 
+/// How far a record index stored as f32 may be from the index it was written from: integers
+/// above 2^24 are not all representable, and the writer rounded to the nearest f32 (Glint360K's
+/// 17M records reach that range). 0 below 2^24; else the f32 spacing there (a safe bound).
+fn f32_slack(value: u64) -> u64 {
+    if value < 1 << 24 {
+        0
+    } else {
+        1 << (63 - value.leading_zeros() - 23)
+    }
+}
+
+/// The one boundary `b` in `candidates` where `left(b)` holds and `right(b)` holds, for an
+/// index stored as f32 (see [`f32_slack`]); `Ok(None)` when no candidate fits.
+fn resolve_boundary(
+    candidates: std::ops::RangeInclusive<u64>,
+    mut fits: impl FnMut(u64) -> Result<bool>,
+) -> Result<Option<u64>> {
+    for b in candidates {
+        if fits(b)? {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
+fn window(stored: u64, slack: u64, low: u64, high: u64) -> std::ops::RangeInclusive<u64> {
+    stored.saturating_sub(slack).max(low)..=stored.saturating_add(slack).min(high)
+}
+
 /// The image bytes of a payload as a JPEG, or why it is not one.
 fn jpeg_image(image: &[u8]) -> std::result::Result<&[u8], String> {
     if image.starts_with(&JPEG_SOI) {
@@ -617,7 +646,53 @@ impl RecordIoReader {
             }
             Ok(Some((first as u64, end as u64)))
         })?;
-        Ok(range)
+        let Some((first, end)) = range else {
+            return Ok(None);
+        };
+        // Above 2^24 the stored indices may be rounded: the identity records start where an
+        // image record is followed by an identity record.
+        let last = self.len_u64();
+        let mut exact = (first, end);
+        if f32_slack(first) > 0 {
+            exact.0 = resolve_boundary(window(first, f32_slack(first), 1, last), |k| {
+                Ok(self.is_identity_record(k)? && !self.is_identity_record(k - 1)?)
+            })?
+            .ok_or_else(|| {
+                self.header_error(format!(
+                    "header record 0 puts the first identity record at {first} (stored as f32), \
+                     but no identity record starts within {} of it",
+                    f32_slack(first)
+                ))
+            })?;
+        }
+        if f32_slack(end) > 0 {
+            exact.1 = resolve_boundary(window(end, f32_slack(end), exact.0, last), |k| {
+                Ok((k == exact.0 || self.is_identity_record(k - 1)?)
+                    && !self.is_identity_record(k)?)
+            })?
+            .ok_or_else(|| {
+                self.header_error(format!(
+                    "header record 0 ends the identity records at {end} (stored as f32), but \
+                     none ends within {} of it",
+                    f32_slack(end)
+                ))
+            })?;
+        }
+        Ok(Some(exact))
+    }
+
+    /// Whether record `key` is an identity (or header) record: labels and no image.
+    fn is_identity_record(&self, key: u64) -> Result<bool> {
+        match self.entries.position(key) {
+            None => Ok(false),
+            Some(pos) => self.with_payload(pos, |p| Ok(p.flag >= 2 && p.image.is_empty())),
+        }
+    }
+
+    /// The class label of image record `key` (row `key - 1`), read from its own header.
+    fn own_label(&self, key: u64) -> Result<i64> {
+        let pos = self.entry_of_row(key as usize - 1);
+        self.with_payload(pos, |p| as_index(p.class_label(), "label"))
     }
 
     /// Entry positions of image records `1 .. first`.
@@ -689,7 +764,7 @@ impl RecordIoReader {
                     ));
                 };
                 let (a, b) = (as_index(a, "range start")?, as_index(b, "range end")?);
-                if a < 1 || b < a || b as u64 > first {
+                if a < 1 || b < a || b as u64 > first + f32_slack(b as u64) {
                     return Err(format!(
                         "identity record of class {class} gives images [{a}, {b}), outside the \
                          image records [1, {first})"
@@ -697,6 +772,15 @@ impl RecordIoReader {
                 }
                 Ok((a as usize, b as usize))
             })?;
+            ranges.push((start, stop, class as i64, pos));
+        }
+        ranges.sort_unstable();
+        self.resolve_rounded_ranges(&mut ranges, first)?;
+        // The ranges must tile the image records 1..first: sorted by start, each begins where
+        // the one before ends.
+        ranges.sort_unstable();
+        let mut next = 1;
+        for &(start, stop, class, pos) in &ranges {
             if start == stop {
                 return Err(self.record_error(
                     pos,
@@ -706,13 +790,6 @@ impl RecordIoReader {
                     ),
                 ));
             }
-            ranges.push((start, stop, class as i64, pos));
-        }
-        // The ranges must tile the image records 1..first: sorted by start, each begins where
-        // the one before ends.
-        ranges.sort_unstable();
-        let mut next = 1;
-        for &(start, stop, class, pos) in &ranges {
             if start < next {
                 let owner = ranges
                     .iter()
@@ -754,6 +831,47 @@ impl RecordIoReader {
             starts.push((start - 1, class));
         }
         Ok((labels, counts, starts))
+    }
+
+    /// Identity ranges above 2^24 were stored rounded (see [`f32_slack`]). In sorted order, each
+    /// such boundary between two identities is placed exactly where the image records' own
+    /// labels change from the one class to the other.
+    fn resolve_rounded_ranges(
+        &self,
+        ranges: &mut [(usize, usize, i64, usize)],
+        first: u64,
+    ) -> Result<()> {
+        for i in 0..ranges.len() {
+            let (_, stop, class, pos) = ranges[i];
+            let slack = f32_slack(stop as u64);
+            if slack == 0 {
+                continue;
+            }
+            let Some(&(_, _, next_class, _)) = ranges.get(i + 1) else {
+                // The last identity ends where the identity records begin.
+                if (stop as u64).abs_diff(first) <= slack {
+                    ranges[i].1 = first as usize;
+                }
+                continue;
+            };
+            let stored = stop as u64;
+            let exact = resolve_boundary(window(stored, slack, 2, first - 1), |b| {
+                Ok(self.own_label(b - 1)? == class && self.own_label(b)? == next_class)
+            })?
+            .ok_or_else(|| {
+                self.record_error(
+                    pos,
+                    format!(
+                        "identity record of class {class} ends its images at {stored} (stored as \
+                         f32), but the image labels do not change from class {class} to \
+                         {next_class} within {slack} of it"
+                    ),
+                )
+            })? as usize;
+            ranges[i].1 = exact;
+            ranges[i + 1].0 = exact;
+        }
+        Ok(())
     }
 
     /// Labels of every row from its own record (one pass over the file).
@@ -1253,6 +1371,28 @@ mod tests {
             err.contains("record 1 at byte 72") && err.contains("truncated"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn indices_stored_as_f32_are_placed_exactly() {
+        assert_eq!(f32_slack((1 << 24) - 1), 0);
+        assert_eq!(f32_slack(1 << 24), 2);
+        assert_eq!(f32_slack(17_091_657), 2);
+        assert_eq!(f32_slack(40_000_000), 4);
+        // The writer's rounding: 16,777,221 is stored as 16,777,220, 17,000,001 as 17,000,000.
+        assert_eq!(16_777_221f32 as u64, 16_777_220);
+        assert_eq!(17_000_001f32 as u64, 17_000_000);
+        // Labels of image records 16,777,210.. : class 5 up to 16,777,220, class 6 from 16,777,221.
+        let label = |k: u64| if k <= 16_777_220 { 5 } else { 6 };
+        let stored = 16_777_221f32 as u64;
+        let found = resolve_boundary(window(stored, f32_slack(stored), 2, 20_000_000), |b| {
+            Ok(label(b - 1) == 5 && label(b) == 6)
+        });
+        assert_eq!(found.unwrap(), Some(16_777_221));
+        let none = resolve_boundary(window(stored, 0, 2, 20_000_000), |b| {
+            Ok(label(b - 1) == 5 && label(b) == 6)
+        });
+        assert_eq!(none.unwrap(), None);
     }
 
     #[test]
