@@ -371,6 +371,13 @@ class MixedSource:
         self._identity_rows = np.concatenate(rows)
         self._image_size: tuple[int, int] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The sources pickle by path; the combined arrays are rebuilt from them.
+        return {"sources": self.sources}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["sources"])  # type: ignore[misc]
+
     def __len__(self) -> int:
         return int(self.row_starts[-1])
 
