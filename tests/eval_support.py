@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+from f2c import models
 
 
 class PixelNet(torch.nn.Module):
@@ -25,6 +28,15 @@ class PixelNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.fc(self.pool(x).flatten(1))
+
+
+def register_pixelnet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``pixelnet`` (native 16 px) a registered backbone for the duration of a test."""
+    spec = models.BackboneSpec(
+        "pixelnet", lambda embedding_size, input_size: PixelNet(embedding_size), 16,
+        size_multiple=4, size_dependent_weights=False,
+    )
+    monkeypatch.setitem(models.spec._REGISTRY, "pixelnet", spec)
 
 
 def face_images(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_support import PixelNet, write_ijb_identification
+from eval_support import PixelNet, register_pixelnet, write_ijb_identification
 
 import f2c.evaluate as cli
 from f2c.evaluation.identification import (
@@ -97,11 +97,11 @@ def test_template_csv(tmp_path: Path) -> None:
 
 
 def test_cli_ijbc_1n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
+    register_pixelnet(monkeypatch)
     root = tmp_path / "IJBC"
     write_ijb_identification(root)
     ckpt = tmp_path / "c.pt"
-    torch.save({"model": {"backbone": "pixel", "embedding_size": 16},
+    torch.save({"model": {"backbone": "pixelnet", "embedding_size": 16},
                 "probe": PixelNet(16).state_dict()}, ckpt)
     df = cli.run(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                    "--benchmark", f"ijbc_1n={root}"])

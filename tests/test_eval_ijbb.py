@@ -10,6 +10,7 @@ import pytest
 from eval_support import (
     PixelNet,
     loop_pool,
+    register_pixelnet,
     save_checkpoint,
     write_ijb_identification,
     write_ijb_verification,
@@ -23,7 +24,7 @@ from f2c.evaluation.metrics import tar_at_fars
 
 @pytest.fixture
 def ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
+    register_pixelnet(monkeypatch)
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path)
     return path

@@ -12,6 +12,7 @@ import torch
 from eval_support import (
     PixelNet,
     face_images,
+    register_pixelnet,
     save_checkpoint,
     save_png,
     write_ijb_verification,
@@ -63,7 +64,7 @@ def test_plot_roc_writes_png(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "create_model", lambda name, size: PixelNet(size))
+    register_pixelnet(monkeypatch)
 
 
 def write_megaface(root: Path) -> None:
@@ -220,7 +221,7 @@ def test_checkpoint_loading(tmp_path: Path, tiny_models: None) -> None:
     with pytest.raises(ValueError, match="--model"):
         cli.load_checkpoint_model(bare)
     plain = cli.load_checkpoint_model(bare, backbone="pixelnet", embedding_size=16)
-    assert plain.image_size is None
+    assert plain.image_size == 16  # nothing recorded: the backbone's native size
     with pytest.raises(KeyError, match="gallery"):
         cli.load_checkpoint_model(bare, net="gallery", backbone="x", embedding_size=16)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

@@ -25,7 +25,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
@@ -40,94 +39,16 @@ from f2c.evaluation.benchmarks import (
 )
 from f2c.evaluation.features import Embedder
 from f2c.evaluation.report import ResultTable, plot_roc, write_results
+from f2c.models.loading import (  # the one model-loading route (re-exported here)
+    LoadedModel,
+    create_model,
+    load_checkpoint_model,
+)
 
 __all__ = ["LoadedModel", "create_model", "load_checkpoint_model", "main", "run", "run_benchmark"]
 
 PROG = "python -m f2c.evaluate"
 KINDS = tuple(BENCHMARKS)
-
-
-def create_model(name: str, embedding_size: int) -> torch.nn.Module:
-    """The backbone factory (``f2c.models.create``); a seam tests may replace."""
-    try:
-        from f2c.models import create
-    except ImportError as e:
-        raise RuntimeError(f"cannot build backbone {name!r}: f2c.models unavailable ({e})") from e
-    return create(name, embedding_size=embedding_size)
-
-
-def _default_input_size(name: str) -> int | None:
-    try:
-        from f2c.models import input_size
-
-        return int(input_size(name))
-    except (ImportError, KeyError, ValueError):  # no model zoo, or a backbone it doesn't know
-        return None
-
-
-@dataclass
-class LoadedModel:
-    module: torch.nn.Module
-    backbone: str
-    embedding_size: int
-    image_size: int | None
-    model_id: str  # identifies the weights for the feature store
-
-
-def _lookup(ckpt: dict[str, Any], key: str) -> Any:
-    for section in (ckpt.get("model"), (ckpt.get("config") or {}).get("model"), ckpt.get("config")):
-        if isinstance(section, dict) and key in section:
-            return section[key]
-    return None
-
-
-def load_checkpoint_model(
-    path: str | Path,
-    *,
-    net: str = "probe",
-    backbone: str | None = None,
-    embedding_size: int | None = None,
-    device: str | torch.device = "cpu",
-) -> LoadedModel:
-    """Build the backbone and load ``net`` ("probe" or "gallery") from an f2c checkpoint.
-
-    A checkpoint is a dict holding ``probe`` (and optionally ``gallery``) state dicts plus the
-    backbone name and embedding size under ``model`` or ``config``; a bare state dict also works
-    when ``backbone`` and ``embedding_size`` are given. ``module.`` prefixes (DDP) are removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if "probe" in ckpt:
-        if net not in ckpt:
-            raise KeyError(f"{path}: no {net!r} weights (keys: {sorted(ckpt)})")
-        state = ckpt[net]
-    elif all(torch.is_tensor(v) for v in ckpt.values()):
-        if net != "probe":
-            raise KeyError(f"{path}: a bare state dict has no {net!r} net")
-        state = ckpt
-    else:
-        raise KeyError(f"{path}: no 'probe' state dict (keys: {sorted(ckpt)})")
-    name = backbone or _lookup(ckpt, "backbone")
-    size = embedding_size or _lookup(ckpt, "embedding_size")
-    if name is None or size is None:
-        raise ValueError(f"{path}: backbone / embedding size not recorded; pass --model and "
-                         f"--embedding-size")
-    image_size = _lookup(ckpt, "image_size")
-    if isinstance(image_size, (list, tuple)):
-        image_size = int(image_size[0])
-    if image_size is None:
-        image_size = _default_input_size(str(name))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    module = create_model(str(name), int(size))
-    module.load_state_dict(state)
-    module.to(device).eval()
-    st = path.stat()
-    model_id = f"{path.resolve()}|{net}|{st.st_size}|{st.st_mtime_ns}"
-    return LoadedModel(module, str(name), int(size), image_size, model_id)
 
 
 # ---------------------------------------------------------------- benchmarks

@@ -2,21 +2,31 @@
 
 Stem: 3×3 conv (64) → BN → PReLU, no pooling. Each stage opens with a stride-2 block; the block
 is BN → 3×3 conv → BN → PReLU → 3×3 conv (stride) → BN, plus the identity or a 1×1 conv + BN
-shortcut. Output: BN → dropout → flatten → linear (512·7·7 → embedding) → BN1d whose scale is
-fixed at 1. IResNet-50 uses stages [3, 4, 14, 3] of widths 64, 128, 256, 512 (~43.6M
-parameters at a 512-d embedding).
+shortcut. Output: BN → dropout → flatten → linear (512·(S/16)² → embedding) → BN1d whose scale
+is fixed at 1. Stages of widths 64, 128, 256, 512 with [2, 2, 2, 2] blocks (IResNet-18),
+[3, 4, 6, 3] (34), [3, 4, 14, 3] (50) or [3, 13, 30, 3] (100), as in insightface's arcface_torch.
+At a 512-d embedding and 112×112 input: 24.0M, 34.1M, 43.6M and 65.2M parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["IResNet", "iresnet50"]
+__all__ = ["IRESNET_LAYERS", "IResNet", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
 
 _BN_EPS = 1e-5
+
+# Blocks per stage, by depth (the published IResNet configurations).
+IRESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 14, 3),
+    100: (3, 13, 30, 3),
+}
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -47,7 +57,10 @@ class IRBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    """IResNet with ``layers`` blocks per stage; input [N, 3, 112, 112] → [N, embedding]."""
+    """IResNet with ``layers`` blocks per stage; input [N, 3, S, S] → [N, embedding].
+
+    ``input_size`` S (a multiple of 16, native 112) sizes the final linear layer.
+    """
 
     def __init__(
         self,
@@ -60,6 +73,9 @@ class IResNet(nn.Module):
         widths = (64, 128, 256, 512)
         if len(layers) != len(widths):
             raise ValueError(f"IResNet needs {len(widths)} stages, got {len(layers)}")
+        if input_size < 16 or input_size % 16:
+            raise ValueError(f"IResNet input_size must be a multiple of 16, got {input_size}")
+        self.layers = tuple(int(n) for n in layers)
         self.stem = nn.Sequential(
             _conv3x3(3, 64), nn.BatchNorm2d(64, eps=_BN_EPS), nn.PReLU(64)
         )
@@ -91,5 +107,21 @@ class IResNet(nn.Module):
         return out
 
 
-def iresnet50(embedding_size: int = 512, **kwargs: float | int) -> IResNet:
-    return IResNet([3, 4, 14, 3], embedding_size=embedding_size, **kwargs)  # type: ignore[arg-type]
+def _iresnet(depth: int, embedding_size: int, **kwargs: Any) -> IResNet:
+    return IResNet(IRESNET_LAYERS[depth], embedding_size=embedding_size, **kwargs)
+
+
+def iresnet18(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    return _iresnet(18, embedding_size, **kwargs)
+
+
+def iresnet34(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    return _iresnet(34, embedding_size, **kwargs)
+
+
+def iresnet50(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    return _iresnet(50, embedding_size, **kwargs)
+
+
+def iresnet100(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    return _iresnet(100, embedding_size, **kwargs)

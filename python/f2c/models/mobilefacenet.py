@@ -48,10 +48,13 @@ class InvertedResidual(nn.Module):
 
 
 class MobileFaceNet(nn.Module):
-    """Input [N, 3, 112, 112] → [N, embedding]."""
+    """Input [N, 3, S, S] → [N, embedding]; S a multiple of 16 (native 112) sizes the global
+    depthwise conv (S/16 × S/16), so weights trained at one size fit only that size."""
 
     def __init__(self, embedding_size: int = 512, input_size: int = 112) -> None:
         super().__init__()
+        if input_size < 16 or input_size % 16:
+            raise ValueError(f"MobileFaceNet input_size must be a multiple of 16, got {input_size}")
         self.stem = nn.Sequential(_conv_bn(3, 64, 3, stride=2), _conv_bn(64, 64, 3, groups=64))
         blocks: list[nn.Module] = []
         cin = 64

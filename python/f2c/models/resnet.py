@@ -8,6 +8,7 @@ classifier is replaced by global average pooling → dropout → linear (2048 �
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,12 +45,21 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Bottleneck ResNet; input [N, 3, 224, 224] → [N, embedding]."""
+    """Bottleneck ResNet; input [N, 3, S, S] → [N, embedding] (native S = 224).
+
+    ``input_size`` is only checked: global average pooling makes the weights size-independent.
+    """
 
     def __init__(
-        self, layers: Sequence[int], embedding_size: int = 512, dropout: float = 0.0
+        self,
+        layers: Sequence[int],
+        embedding_size: int = 512,
+        dropout: float = 0.0,
+        input_size: int = 224,
     ) -> None:
         super().__init__()
+        if input_size < 32 or input_size % 32:
+            raise ValueError(f"ResNet input_size must be a multiple of 32, got {input_size}")
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(64),
@@ -84,5 +94,5 @@ class ResNet(nn.Module):
         return out
 
 
-def resnet50(embedding_size: int = 512, **kwargs: float) -> ResNet:
+def resnet50(embedding_size: int = 512, **kwargs: Any) -> ResNet:
     return ResNet([3, 4, 6, 3], embedding_size=embedding_size, **kwargs)
