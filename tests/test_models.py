@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_support import randomise_buffers
 
 from f2c import models
 from f2c.models import ModelSpec, WeightsError
@@ -135,16 +136,6 @@ def _other_size(name: str) -> int:
     return size if size != info.native_size else 3 * info.size_multiple
 
 
-def _randomise_buffers(module: torch.nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics, so eval outputs depend on the buffers being restored."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            assert m.running_mean is not None and m.running_var is not None
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-
-
 _ROUND_TRIP = [
     pytest.param(name, which, marks=[pytest.mark.slow] if name == "ir100" else [])
     for name in models.available()
@@ -158,7 +149,7 @@ def test_checkpoint_round_trip(name: str, which: str, tmp_path: Path) -> None:
     spec = ModelSpec(name, 8, size)
     torch.manual_seed(0)
     probe = models.build(spec)
-    _randomise_buffers(probe, 1)
+    randomise_buffers(probe, 1)
     # The layout of a training checkpoint: the spec under "model", the nets beside it.
     torch.save({"model": spec.to_dict(), "probe": probe.state_dict()}, tmp_path / "checkpoint.pt")
 
