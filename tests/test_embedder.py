@@ -126,7 +126,9 @@ def test_checkpoint_and_onnx_give_the_same_embeddings(
         FaceEmbedder.from_onnx(tmp_path / "none.onnx")
 
 
-def test_embed_cli(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+def test_embed_cli(
+    checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     crops = _crops(5, seed=6)
     names = ["b/2.png", "a/1.png", "a/0.jpg.png", "c.png", "b/10.png"]
     for name, crop in zip(names, crops, strict=True):
@@ -145,4 +147,8 @@ def test_embed_cli(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path) -> 
     assert embed_main([str(tmp_path / "img"), "--checkpoint", str(checkpoint[0]), "--out",
                        str(tmp_path / "feats.bin")]) == 2
     assert embed_main([str(tmp_path / "none"), "--checkpoint", str(checkpoint[0]), "--out",
-                       str(out)]) == 1
+                       str(out)]) == 2
+    Image.fromarray(_crops(1, size=20)[0][:, :16]).save(tmp_path / "img" / "wide.png")
+    assert embed_main([str(tmp_path / "img"), "--checkpoint", str(checkpoint[0]), "--out",
+                       str(out)]) == 2
+    assert "wide.png: 16x20 is not a square aligned crop" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_fixed_batch_gallery_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         check_parity(probe, out, 32, rows=3)  # the other net's weights: not the same function
 
-    assert main(["--checkpoint", str(tmp_path / "none"), "--out", str(out)]) == 1
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "python -m f2c.export: error: checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "c.pt"), "--out", str(out), "--batch", "0"])

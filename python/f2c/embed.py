@@ -22,10 +22,12 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
+from f2c.cli import UserError, add_debug_option, run_cli
 from f2c.embedder import FaceEmbedder
 
 __all__ = ["IMAGE_SUFFIXES", "embed_folder", "list_images", "main"]
 
+PROG = "python -m f2c.embed"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -42,10 +44,10 @@ def _read(path: Path, size: int) -> npt.NDArray[np.uint8]:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
     except OSError as exc:
-        raise OSError(f"{path}: cannot read image: {exc}") from exc
+        raise UserError(f"{path}: cannot read image: {exc}") from exc
     if rgb.size != (size, size):
         if rgb.size[0] != rgb.size[1]:
-            raise ValueError(f"{path}: {rgb.size[0]}x{rgb.size[1]} is not a square aligned crop")
+            raise UserError(f"{path}: {rgb.size[0]}x{rgb.size[1]} is not a square aligned crop")
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
@@ -74,7 +76,7 @@ def embed_folder(
     """Embeddings ``[N, D]`` of every image under ``root`` and their relative paths."""
     files = list_images(root)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     feats = np.empty((len(files), embedder.embedding_size), np.float32)
     done = 0
     with tqdm(total=len(files), unit="img", disable=not progress, desc="embed") as bar:
@@ -86,7 +88,7 @@ def embed_folder(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m f2c.embed", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", type=Path, metavar="IMAGE_DIR")
     src = p.add_mutually_exclusive_group(required=True)
@@ -101,28 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="flip-sum test-time augmentation")
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_debug_option(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m f2c.embed``: 0 on success; a user error prints one line and returns 2."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out
     if out.suffix != ".npy":
-        print(f"f2c.embed: --out must end in .npy, got {out}", file=sys.stderr)
-        return 2
-    try:
-        if args.onnx is not None:
-            embedder = FaceEmbedder.from_onnx(args.onnx, device=args.device,
-                                              batch_size=args.batch_size, flip=args.flip)
-        else:
-            embedder = FaceEmbedder.from_checkpoint(
-                args.checkpoint, net=args.net, device=args.device, batch_size=args.batch_size,
-                flip=args.flip, backbone=args.model, embedding_size=args.embedding_size)
-        feats, names = embed_folder(embedder, args.images, workers=args.workers,
-                                    progress=args.progress)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
-        print(f"f2c.embed: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(f"--out must end in .npy, got {out}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.onnx is not None:
+        embedder = FaceEmbedder.from_onnx(args.onnx, device=args.device,
+                                          batch_size=args.batch_size, flip=args.flip)
+    else:
+        embedder = FaceEmbedder.from_checkpoint(
+            args.checkpoint, net=args.net, device=args.device, batch_size=args.batch_size,
+            flip=args.flip, backbone=args.model, embedding_size=args.embedding_size)
+    feats, names = embed_folder(embedder, args.images, workers=args.workers,
+                                progress=args.progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
     listing = out.with_suffix(".txt")
@@ -132,4 +137,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from f2c.cli import UserError, add_debug_option, run_cli
 from f2c.data.transforms import normalize
 from f2c.models import LoadedModel, ModelSpec, load_backbone
 
@@ -41,6 +42,7 @@ __all__ = [
     "main",
 ]
 
+PROG = "python -m f2c.export"
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 MIN_COSINE = 0.99999
@@ -48,7 +50,7 @@ DEFAULT_OPSET = 18
 NORMALISATION = "RGB, (x - 127.5) / 127.5"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export failed, or the exported graph does not reproduce the PyTorch outputs."""
 
 
@@ -215,7 +217,7 @@ def _batch_arg(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m f2c.export", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="a checkpoint file or a training run folder")
@@ -228,18 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-size", type=int)
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the onnxruntime parity check")
+    add_debug_option(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m f2c.export``: 0 on success; a user error (a missing or unfit checkpoint, the
+    export extra not installed, a failed parity check) prints one line and returns 2."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = export_onnx(args.checkpoint, args.out, net=args.net, batch=args.batch,
-                             opset=args.opset, backbone=args.model,
-                             embedding_size=args.embedding_size, check=args.check)
-    except (ExportError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"f2c.export: {exc}", file=sys.stderr)
-        return 1
+    result = export_onnx(args.checkpoint, args.out, net=args.net, batch=args.batch,
+                         opset=args.opset, backbone=args.model,
+                         embedding_size=args.embedding_size, check=args.check)
     s = result.spec
     n = "N" if result.batch is None else str(result.batch)
     print(f"wrote {result.path}: {s.backbone} ({result.net}), input {INPUT_NAME} "
@@ -251,4 +256,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

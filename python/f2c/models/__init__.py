@@ -20,7 +20,13 @@ from f2c.models.loading import (
     spec_from_checkpoint,
 )
 from f2c.models.mobilefacenet import MobileFaceNet
-from f2c.models.pretrained import WeightsError, init_backbone, load_weights
+from f2c.models.pretrained import (
+    MissingNetError,
+    ModelLoadError,
+    WeightsError,
+    init_backbone,
+    load_weights,
+)
 from f2c.models.resnet import ResNet
 from f2c.models.spec import (
     BackboneSpec,
@@ -39,7 +45,9 @@ __all__ = [
     "BackboneSpec",
     "IResNet",
     "LoadedModel",
+    "MissingNetError",
     "MobileFaceNet",
+    "ModelLoadError",
     "ModelSpec",
     "ResNet",
     "TinyFaceNet",

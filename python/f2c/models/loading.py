@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from f2c.models.pretrained import backbone_state_dict, load_weights
+from f2c.models.pretrained import ModelLoadError, backbone_state_dict, load_file, load_weights
 from f2c.models.spec import ModelSpec, backbone_spec, build
 
 __all__ = [
@@ -76,11 +76,7 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint file or run folder; must be a dict."""
-    path = resolve_checkpoint_path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    return ckpt
+    return dict(load_file(resolve_checkpoint_path(path)))
 
 
 def spec_from_checkpoint(
@@ -99,7 +95,7 @@ def spec_from_checkpoint(
     name = backbone or _lookup(ckpt, "backbone")
     size = embedding_size or _lookup(ckpt, "embedding_size")
     if name is None or size is None:
-        raise ValueError(
+        raise ModelLoadError(
             f"{what}: backbone / embedding size not recorded; pass them (--model and "
             f"--embedding-size)"
         )
@@ -110,7 +106,7 @@ def spec_from_checkpoint(
     try:
         return ModelSpec(str(name), int(size), None if side is None else int(side))
     except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from exc
+        raise ModelLoadError(f"{what}: {exc}") from exc
 
 
 def load_backbone(

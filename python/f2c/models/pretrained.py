@@ -25,10 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from f2c.cli import UserError
 from f2c.models.iresnet import IResNet
 from f2c.models.spec import ModelSpec
 
 __all__ = [
+    "MissingNetError",
+    "ModelLoadError",
     "WeightsError",
     "arcface_iresnet_to_f2c",
     "backbone_state_dict",
@@ -63,8 +66,32 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict_backbone", "state_dict")
 
 
-class WeightsError(ValueError):
+class ModelLoadError(UserError, ValueError):
+    """A checkpoint or weights file cannot give the requested backbone; the message names the
+    file and the key (the CLIs print it as one line)."""
+
+
+class WeightsError(ModelLoadError):
     """Weights do not fit the backbone (a key or a shape), or a source holds no backbone."""
+
+
+class MissingNetError(ModelLoadError, KeyError):
+    """The checkpoint has no such net ("probe" / "gallery")."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def load_file(path: Path) -> Mapping[str, Any]:
+    """``torch.load(weights_only=True)`` on the CPU; an unreadable file or one that is not a
+    dict is a ``ModelLoadError`` naming it."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError
+        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+    if not isinstance(loaded, Mapping):
+        raise ModelLoadError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
+    return loaded
 
 
 def _is_state_dict(d: Mapping[str, Any]) -> bool:
@@ -76,19 +103,19 @@ def backbone_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The backbone state dict inside ``ckpt`` (names as stored, wrapper prefixes removed)."""
     if net not in ("probe", "gallery"):
-        raise ValueError(f"net must be 'probe' or 'gallery', got {net!r}")
+        raise ModelLoadError(f"net must be 'probe' or 'gallery', got {net!r}")
     if "probe" in ckpt:
         if net not in ckpt:
-            raise KeyError(f"{what}: no {net!r} weights (keys: {sorted(ckpt)})")
+            raise MissingNetError(f"{what}: no {net!r} weights (keys: {sorted(ckpt)})")
         state = ckpt[net]
     elif _is_state_dict(ckpt):
         if net != "probe":
-            raise KeyError(f"{what}: a bare state dict has no {net!r} net")
+            raise MissingNetError(f"{what}: a bare state dict has no {net!r} net")
         state = ckpt
     else:
         nested = next((k for k in _NESTED_KEYS if isinstance(ckpt.get(k), Mapping)), None)
         if nested is None or net != "probe":
-            raise KeyError(f"{what}: no 'probe' state dict (keys: {sorted(ckpt)})")
+            raise MissingNetError(f"{what}: no 'probe' state dict (keys: {sorted(ckpt)})")
         state = ckpt[nested]
     if not isinstance(state, Mapping) or not _is_state_dict(state):
         raise WeightsError(f"{what}: the {net!r} entry is not a state dict of tensors")
@@ -217,8 +244,5 @@ def init_backbone(
             path = path / "checkpoint.pt"
         if not path.is_file():
             raise FileNotFoundError(f"init weights not found: {path}")
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(loaded, Mapping):
-            raise WeightsError(f"{path}: expected a state dict, got {type(loaded).__name__}")
-        ckpt, what = loaded, str(path)
+        ckpt, what = load_file(path), str(path)
     load_weights(module, backbone_state_dict(ckpt, net=net, what=what), spec, what=what)
