@@ -3,13 +3,18 @@
     python -m f2c.export --checkpoint runs/f2c-ir50 --out ir50.onnx [--net probe|gallery]
         [--batch dynamic|N] [--opset 18]
 
-The graph has one input ``input`` ``[N, 3, S, S]`` (float32 RGB, ``(x − 127.5) / 127.5``) and one
-output ``embedding`` ``[N, D]`` (raw, not L2-normalised). That input convention is exactly f2c's
-own (``f2c.data.transforms.normalize`` maps uint8 x to ``x · 2/255 − 1``), so the exported graph
-is the backbone alone — no normalisation node, which also keeps insightface from mistaking it
-for an MXNet model that normalises internally. After export the file is run with onnxruntime
-on the same batch as PyTorch; the export fails unless every row's cosine similarity is at least
-0.99999. Needs the optional ``export`` extra (``onnx``, ``onnxscript``, ``onnxruntime``).
+The graph has one input ``input`` ``[N, 3, S, S]`` (float32 RGB, ``(x − 127.5) / 127.5``) and
+one output ``embedding`` ``[N, D]`` (raw, not L2-normalised): docs/design.md §3. That input
+convention is exactly f2c's own (``f2c.data.transforms.normalize`` maps uint8 x to
+``x · 2/255 − 1``), so the exported graph is the backbone alone — no normalisation node, which
+also keeps insightface from mistaking it for an MXNet model that normalises internally. After
+export the file is run with onnxruntime on the same batch as PyTorch; the export fails unless
+every row's cosine similarity is at least 0.99999.
+
+insightface's model zoo routes a graph to its recognition model by the input side (112, or
+≥ 112 and a multiple of 16 in newer versions), so backbones trained at other sizes export fine
+but must be loaded by hand there. Needs the optional ``export`` extra (``onnx``, ``onnxscript``,
+``onnxruntime``).
 """
 
 from __future__ import annotations
