@@ -199,27 +199,28 @@ class FaceEmbedder:
     def _as_batch(
         self, images: npt.ArrayLike | Sequence[npt.ArrayLike] | torch.Tensor
     ) -> npt.NDArray[np.uint8]:
+        """``[N, S, S, 3]`` uint8 from an array, a tensor or a list of crops."""
+        empty = np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
-        if isinstance(images, np.ndarray):
-            batch = images
-        else:
-            batch = np.stack([self._crop(np.asarray(im), i) for i, im in enumerate(images)]) \
-                if len(images) else np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
-        if batch.dtype != np.uint8:
-            raise TypeError(f"images must be uint8 RGB, got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"images must be [N, H, W, 3] RGB, got shape {batch.shape}")
-        if batch.shape[1:3] != (self.input_size, self.input_size):
-            batch = np.stack([self._crop(im, i) for i, im in enumerate(batch)]) if len(batch) \
-                else batch.reshape(0, self.input_size, self.input_size, 3)
-        return batch
+        if not isinstance(images, np.ndarray):
+            crops = [self._crop(np.asarray(im), i) for i, im in enumerate(images)]
+            return np.stack(crops) if crops else empty
+        if images.dtype != np.uint8:
+            raise TypeError(f"images must be uint8 RGB, got {images.dtype}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [N, H, W, 3] RGB, got shape {images.shape}")
+        if images.shape[1:3] == (self.input_size, self.input_size):
+            return images
+        crops = [self._crop(im, i) for i, im in enumerate(images)]
+        return np.stack(crops) if crops else empty
 
     def _crop(self, image: npt.NDArray[Any], index: int) -> npt.NDArray[np.uint8]:
         """One image as an S×S crop: square crops of another size are resized (bilinear)."""
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image {index}: expected uint8 [H, W, 3] RGB, got {image.dtype} "
-                             f"{image.shape}")
+        if image.dtype != np.uint8:
+            raise TypeError(f"image {index}: images must be uint8 RGB, got {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image {index}: expected [H, W, 3] RGB, got shape {image.shape}")
         h, w = image.shape[:2]
         if (h, w) == (self.input_size, self.input_size):
             return image

@@ -111,7 +111,8 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``module`` (in eval mode, on the CPU) to ``out`` as a single-file ONNX graph."""
+    """Write ``module`` (traced in eval mode on the CPU; its mode and device are restored) to
+    ``out`` as a single-file ONNX graph."""
     _require("onnxscript")
     onnx = _require("onnx")
     if batch is not None and batch < 1:
@@ -119,7 +120,8 @@ def export_module(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = module.training
-    module = module.cpu().eval()
+    device = next(module.parameters()).device
+    module.cpu().eval()
     example = _sample_batch(spec.size, batch or 2)
     dynamic = None if batch is not None else ({0: torch.export.Dim("batch")},)
     try:
@@ -131,7 +133,7 @@ def export_module(
     except Exception as exc:  # the exporter raises many types; say which model failed
         raise ExportError(f"torch.onnx.export of {spec.backbone} failed: {exc}") from exc
     finally:
-        module.train(was_training)
+        module.to(device).train(was_training)
     model = onnx.load(str(out))
     props = {
         "f2c.backbone": spec.backbone,
