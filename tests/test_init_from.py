@@ -3,16 +3,20 @@ arcface_torch IResNet ``backbone.pth`` files (their parameter names mapped onto 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from model_support import randomise_buffers, save_backbone
 from torch import nn
+from train_support import load, tiny_dataset, tiny_run_args
 
 from f2c import models
+from f2c.data.synthetic import SyntheticDataset
 from f2c.models import ModelSpec, WeightsError, init_backbone
 from f2c.models.pretrained import arcface_iresnet_to_f2c
+from f2c.train import main as train_main
 
 
 # An IResNet laid out the way arcface_torch names it (conv1/bn1/prelu, layer1-4 of blocks with
@@ -130,3 +134,58 @@ def test_f2c_checkpoint_probe_or_gallery(tmp_path: Path) -> None:
     assert torch.equal(net.state_dict()["embedding.2.weight"], saved["probe"]["embedding.2.weight"])
     with pytest.raises(KeyError, match="a bare state dict has no 'gallery'"):
         init_backbone(net, tmp_path / "plain.pt", spec, net="gallery")
+
+
+# ---------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return tiny_dataset(tmp_path_factory.mktemp("init_from") / "tiny")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
+    # One step at an lr so small that the weights cannot move measurably.
+    return tiny_run_args(data, out, "--train.max_steps", "1", "--optim.lr", "1e-9",
+                         "--optim.warmup_epochs", "0", *extra)
+
+
+def test_a_run_started_with_init_from_continues_from_those_weights(
+    data: SyntheticDataset, tmp_path: Path, one_thread: None
+) -> None:
+    spec = ModelSpec("tinyfacenet", 32, 32)  # what tiny_run_args trains
+    save_backbone(tmp_path / "released.pt", spec, seed=9)
+    released = load(tmp_path / "released.pt")["gallery"]
+    assert train_main(_train_args(data, tmp_path / "runs", "--name", "init",
+                                  "--model.init_from", str(tmp_path / "released.pt"),
+                                  "--model.init_net", "gallery")) == 0
+    assert train_main(_train_args(data, tmp_path / "runs", "--name", "fresh")) == 0
+    started = load(tmp_path / "runs" / "init" / "checkpoint.pt")
+    fresh = load(tmp_path / "runs" / "fresh" / "checkpoint.pt")
+    assert started["global_step"] == 1
+    params = dict(models.build(spec).named_parameters())
+    for net in ("probe", "gallery"):
+        for key in params:  # parameters; BN running statistics move with the batch
+            torch.testing.assert_close(started[net][key], released[key], rtol=0, atol=1e-6)
+            if released[key].ndim > 1:  # conv / linear weights (BN scales start at 1 in both)
+                assert not torch.allclose(fresh[net][key], released[key]), (net, key)
+    # The run's weights load back as evaluation and FaceEmbedder load them.
+    assert models.load_backbone(tmp_path / "runs" / "init").spec == spec
+
+
+def test_init_from_weights_that_do_not_fit_is_a_clear_error(
+    data: SyntheticDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    torch.save(models.build(ModelSpec("tinyfacenet", 64, 32)).state_dict(), tmp_path / "w.pt")
+    assert train_main(_train_args(data, tmp_path / "runs",
+                                  "--model.init_from", str(tmp_path / "w.pt"))) == 2
+    err = capsys.readouterr().err
+    assert "model.init_from" in err and "'embedding.2.weight' has shape [64, 4096]" in err

@@ -113,25 +113,24 @@ def build_loaders(
 
 
 def build_backbone(config: Config, image_size: tuple[int, int]) -> nn.Module:
-    """The configured backbone, built for the db's (square) image size."""
-    name = config.model.backbone
+    """The configured backbone, built for the db's (square) image size; with
+    ``model.init_from``, its weights come from that file (the head is not part of them)."""
     height, width = image_size
     if height != width:
         raise TrainingError(f"the training db holds {height}x{width} images; need squares")
-    kwargs: dict[str, Any] = {}
     try:
-        native = models.input_size(name)
+        spec = models.ModelSpec(config.model.backbone, config.model.embedding_size, height)
     except ValueError as exc:
-        raise TrainingError(f"model.backbone: {exc}") from exc
-    if height != native:
-        kwargs["input_size"] = height  # backbones size their final pooling from it
-    try:
-        return models.create(name, embedding_size=config.model.embedding_size, **kwargs)
-    except TypeError as exc:
-        raise TrainingError(
-            f"backbone {name!r} expects {native}x{native} inputs and cannot be built for the "
-            f"db's {height}x{width} images: {exc}"
-        ) from exc
+        raise TrainingError(f"model.backbone: {exc} (the db holds {height}x{width} images)") \
+            from exc
+    backbone = models.build(spec)
+    if config.model.init_from is not None:
+        try:
+            models.init_backbone(backbone, config.model.init_from, spec,
+                                 net=config.model.init_net)
+        except models.ModelLoadError as exc:
+            raise TrainingError(f"model.init_from: {exc}") from exc
+    return backbone
 
 
 def build_head(
