@@ -20,6 +20,7 @@ but must be loaded by hand there. Needs the optional ``export`` extra (``onnx``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -124,6 +125,11 @@ def export_module(
     module.cpu().eval()
     example = _sample_batch(spec.size, batch or 2)
     dynamic = None if batch is not None else ({0: torch.export.Dim("batch")},)
+    # The exporter warns once per torchvision operator it cannot register when torchvision is
+    # absent; face backbones use none of them.
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
     try:
         torch.onnx.export(
             module, (example,), str(out), dynamo=True, external_data=False, optimize=True,
@@ -133,6 +139,7 @@ def export_module(
     except Exception as exc:  # the exporter raises many types; say which model failed
         raise ExportError(f"torch.onnx.export of {spec.backbone} failed: {exc}") from exc
     finally:
+        registry_log.setLevel(level)
         module.to(device).train(was_training)
     model = onnx.load(str(out))
     props = {
