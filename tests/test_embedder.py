@@ -61,6 +61,17 @@ def test_embed_from_checkpoint(checkpoint: tuple[Path, torch.nn.Module]) -> None
     assert np.abs(gallery.embed(crops) - feats).max() > 1e-3
 
 
+def test_reused_input_buffer_holds_the_training_normalisation(
+    checkpoint: tuple[Path, torch.nn.Module],
+) -> None:
+    backend = FaceEmbedder.from_checkpoint(checkpoint[0], device="cpu")._backend
+    big, small = _crops(5, seed=7), _crops(2, seed=8)
+    for crops, copies in ((big, 1), (small, 2), (big, 2)):  # shrinking, then regrowing
+        x = backend._normalised(crops, copies)  # type: ignore[attr-defined]
+        assert x.shape == (copies * len(crops), 3, 32, 32)
+        assert torch.equal(x[: len(crops)], normalize(torch.from_numpy(crops)))
+
+
 def test_bad_inputs_are_named(checkpoint: tuple[Path, torch.nn.Module]) -> None:
     emb = FaceEmbedder.from_checkpoint(checkpoint[0], device="cpu")
     with pytest.raises(TypeError, match="uint8"):
