@@ -3,25 +3,35 @@
 //! Multi-hundred-megabyte outputs (17M-row index arrays) otherwise pay one page fault per 4 KiB
 //! on first touch, which costs more than the parsing itself; numpy does the same for its own
 //! large allocations.
+//!
+//! The sizes come from input files, so allocation is fallible: a refused allocation is an
+//! [`crate::error::F2cError::OutOfMemory`] naming `what` asked for it, never an abort.
+
+use crate::error;
 
 /// Allocations from this size up are advised to use huge pages.
 const HUGE_FROM: usize = 4 << 20;
 
 /// An empty vector with room for `capacity` elements, its pages advised as huge.
-pub fn with_capacity<T>(capacity: usize) -> Vec<T> {
-    let v: Vec<T> = Vec::with_capacity(capacity);
+pub fn with_capacity<T>(capacity: usize, what: impl FnOnce() -> String) -> error::Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    error::try_reserve(&mut v, capacity, what)?;
     advise_huge(
         v.as_ptr().cast::<u8>(),
         v.capacity() * std::mem::size_of::<T>(),
     );
-    v
+    Ok(v)
 }
 
 /// `len` copies of `value`, written after the huge-page advice.
-pub fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
-    let mut v = with_capacity(len);
+pub fn filled<T: Clone>(
+    len: usize,
+    value: T,
+    what: impl FnOnce() -> String,
+) -> error::Result<Vec<T>> {
+    let mut v = with_capacity(len, what)?;
     v.resize(len, value);
-    v
+    Ok(v)
 }
 
 #[cfg(target_os = "linux")]
@@ -47,12 +57,25 @@ fn advise_huge(_ptr: *const u8, _bytes: usize) {}
 
 #[cfg(test)]
 mod tests {
+    use crate::error::F2cError;
+
+    fn what() -> String {
+        "test".into()
+    }
+
     #[test]
     fn vectors_have_the_asked_size() {
-        let v: Vec<u64> = super::with_capacity(1 << 20);
+        let v: Vec<u64> = super::with_capacity(1 << 20, what).unwrap();
         assert!(v.is_empty() && v.capacity() >= 1 << 20);
-        let w = super::filled(3 << 20, 7u8);
+        let w = super::filled(3 << 20, 7u8, what).unwrap();
         assert_eq!(w.len(), 3 << 20);
         assert!(w.iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        let err = super::with_capacity::<u64>(usize::MAX / 4, what).unwrap_err();
+        assert!(matches!(err, F2cError::OutOfMemory { .. }), "{err}");
+        assert!(err.to_string().starts_with("test: cannot allocate"));
     }
 }

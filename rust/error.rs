@@ -37,9 +37,27 @@ pub enum F2cError {
         offset: u64,
         message: String,
     },
+    /// An allocation the system refused; `what` names the input that asked for it.
+    /// → `MemoryError`
+    OutOfMemory { what: String, bytes: usize },
 }
 
 pub type Result<T> = std::result::Result<T, F2cError>;
+
+/// Grows `v` to room for `additional` more elements, or says which input asked for too much.
+/// Sizes that come from input are reserved through this (never `Vec::reserve`, which aborts the
+/// process when the allocation fails).
+pub fn try_reserve<T>(
+    v: &mut Vec<T>,
+    additional: usize,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    v.try_reserve(additional)
+        .map_err(|_| F2cError::OutOfMemory {
+            what: what(),
+            bytes: additional.saturating_mul(std::mem::size_of::<T>()),
+        })
+}
 
 impl fmt::Display for F2cError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,6 +93,9 @@ impl fmt::Display for F2cError {
                 Some(record) => write!(f, "{path}: record {record} at byte {offset}: {message}"),
                 None => write!(f, "{path}: at byte {offset}: {message}"),
             },
+            F2cError::OutOfMemory { what, bytes } => {
+                write!(f, "{what}: cannot allocate {bytes} bytes")
+            }
         }
     }
 }

@@ -5,7 +5,9 @@ pub mod data;
 pub mod pool;
 pub mod recordio;
 
-use pyo3::exceptions::{PyIndexError, PyKeyError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyIndexError, PyKeyError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::PyErr;
 
 use crate::error::F2cError;
@@ -19,6 +21,7 @@ impl From<F2cError> for PyErr {
             F2cError::MissingKey { .. } => PyKeyError::new_err(msg),
             F2cError::IndexOutOfRange { .. } => PyIndexError::new_err(msg),
             F2cError::RecordIo { .. } => PyValueError::new_err(msg),
+            F2cError::OutOfMemory { .. } => PyMemoryError::new_err(msg),
             F2cError::InvalidInput(_)
             | F2cError::CapacityExceeded { .. }
             | F2cError::CorruptState(_)
