@@ -4,6 +4,11 @@
 //!
 //! Parsing is one `memchr` pass over the mapping; labels are parsed by hand; keys are copied into
 //! one byte buffer with an offset table (no allocation per key); the CSR is a counting sort.
+//!
+//! Input is not trusted: a key may appear once per file (a repeated key would make its image
+//! count twice), a line has exactly two columns, and the class count (largest label + 1, which
+//! sizes the CSR) must be justified by the number of lines (see [`class_limit`]). Every
+//! allocation whose size comes from the files is fallible.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,10 +16,25 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapOptions;
 
 use crate::bigvec;
-use crate::error::{F2cError, Result};
+use crate::error::{self, F2cError, Result};
 
 /// Labels must stay below this: the CSR holds one offset per class up to the largest label.
 pub const MAX_LABEL: i64 = (1 << 31) - 1;
+
+/// Classes allowed per line of the kv files, on top of [`FREE_CLASSES`].
+const CLASSES_PER_LINE: usize = 16;
+/// Classes allowed whatever the line count: a few lines sampled from a db of up to 4M
+/// identities still index (the CSR then costs at most 64 MiB).
+const FREE_CLASSES: usize = 1 << 22;
+
+/// The most classes (largest label + 1) that `lines` lines justify. The CSR holds 16 bytes per
+/// class, so a label far beyond the line count (`a 2147483646` alone in a file) would allocate
+/// gigabytes for nothing; such files are refused instead.
+pub fn class_limit(lines: usize) -> usize {
+    lines
+        .saturating_mul(CLASSES_PER_LINE)
+        .saturating_add(FREE_CLASSES)
+}
 
 /// End offsets of the keys in the key buffer: 32-bit while the buffer is below 4 GiB.
 #[derive(Debug)]
@@ -24,12 +44,13 @@ enum KeyEnds {
 }
 
 impl KeyEnds {
-    fn with_capacity(rows: usize, total_bytes: u64) -> Self {
-        if total_bytes < u64::from(u32::MAX) {
-            KeyEnds::Narrow(bigvec::with_capacity(rows))
+    fn with_capacity(rows: usize, total_bytes: u64) -> Result<Self> {
+        let what = || format!("key offsets for up to {rows} kv lines");
+        Ok(if total_bytes < u64::from(u32::MAX) {
+            KeyEnds::Narrow(bigvec::try_with_capacity(rows, what)?)
         } else {
-            KeyEnds::Wide(bigvec::with_capacity(rows))
-        }
+            KeyEnds::Wide(bigvec::try_with_capacity(rows, what)?)
+        })
     }
 
     fn shrink_to_fit(&mut self) {
@@ -143,7 +164,35 @@ fn parse_line_slow(line: &[u8]) -> std::result::Result<(usize, i64), String> {
     if space == 0 {
         return Err("empty key".into());
     }
+    let key = &line[..space];
+    if key.ends_with(b" ") {
+        return Err("two spaces before the label (the format is `key label`, one space)".into());
+    }
+    if ends_in_a_number(key) {
+        return Err(format!(
+            "three columns in {:?}: the format is `key label` (a key may hold spaces, but its \
+             last word must not be a number)",
+            String::from_utf8_lossy(line)
+        ));
+    }
     Ok((space, label))
+}
+
+/// Whether `key` ends in a space and an integer: the line then reads as `key label extra`
+/// (`a 0 7`), which is refused rather than read as key `a 0`, label 7.
+#[inline]
+fn ends_in_a_number(key: &[u8]) -> bool {
+    let mut i = key.len();
+    while i > 0 && key[i - 1].is_ascii_digit() {
+        i -= 1;
+    }
+    if i == key.len() {
+        return false;
+    }
+    if i > 0 && (key[i - 1] == b'-' || key[i - 1] == b'+') {
+        i -= 1;
+    }
+    i > 0 && key[i - 1] == b' '
 }
 
 /// The common case of one line, parsed backwards from its end: up to 10 digits, a space and a
@@ -169,23 +218,41 @@ fn parse_line_fast(line: &[u8]) -> Option<(usize, i64)> {
     if i < 2 || i == line.len() || line[i - 1] != b' ' || value > MAX_LABEL {
         return None;
     }
+    // A key ending in a space or a number goes to the slow path, which refuses it. The last
+    // byte of the key decides the common case (`img/123.jpg`, `000123`) in one comparison.
+    let last = line[i - 2];
+    if last == b' ' || (last.is_ascii_digit() && ends_in_a_number(&line[..i - 1])) {
+        return None;
+    }
     Some((i - 1, value))
 }
 
-/// Parses one kv file's bytes, appending its keys to `key_bytes`/`key_ends` and its labels,
-/// plus `label_offset`, to `labels`. Returns the file's largest label (before the offset).
+/// Where parsed lines go: the shared outputs of every file.
+struct Outputs<'a> {
+    key_bytes: &'a mut Vec<u8>,
+    key_ends: &'a mut KeyEnds,
+    labels: &'a mut Vec<i64>,
+    /// Rows per class, counted here to save the CSR a pass over the labels.
+    counts: &'a mut Vec<i64>,
+    /// Classes the files may reach (see [`class_limit`]).
+    max_classes: usize,
+}
+
+/// Parses one kv file's bytes, appending its keys and its labels plus `label_offset` to `out`.
+/// Returns the file's largest label (before the offset).
 fn parse_kv_bytes(
     path: &Path,
     data: &[u8],
     label_offset: i64,
-    key_bytes: &mut Vec<u8>,
-    key_ends: &mut KeyEnds,
-    labels: &mut Vec<i64>,
-    counts: &mut Vec<i64>,
+    out: &mut Outputs<'_>,
 ) -> Result<i64> {
-    let first_row = labels.len();
+    let first_row = out.labels.len();
     let mut max_label = -1;
     let mut start = 0;
+    // Keys in strictly increasing byte order (how packs and insightface lists are written)
+    // cannot repeat, so only files out of order pay for the duplicate check.
+    let mut increasing = true;
+    let mut previous: &[u8] = &[];
     let last_line_open = data.last().is_some_and(|&b| b != b'\n');
     let ends = memchr::memchr_iter(b'\n', data).chain(last_line_open.then_some(data.len()));
     for (index, end) in ends.enumerate() {
@@ -199,26 +266,182 @@ fn parse_kv_bytes(
             Some(parsed) => parsed,
             None => parse_line_slow(line).map_err(|msg| parse_error(path, line_no, msg))?,
         };
-        max_label = max_label.max(label);
-        key_bytes.extend_from_slice(&line[..key_len]);
-        key_ends.push(key_bytes.len());
-        let label = label + label_offset;
-        labels.push(label);
-        // Rows per class, counted here to save the CSR a pass over the labels.
-        let class = label as usize;
-        if class >= counts.len() {
-            counts.resize(class + 1, 0);
+        let key = &line[..key_len];
+        if increasing && index > 0 {
+            match key.cmp(previous) {
+                std::cmp::Ordering::Greater => {}
+                std::cmp::Ordering::Equal => {
+                    let first = out.labels[out.labels.len() - 1] - label_offset;
+                    return Err(duplicate_error(
+                        path,
+                        key,
+                        (line_no - 1, first),
+                        (line_no, label),
+                    ));
+                }
+                std::cmp::Ordering::Less => increasing = false,
+            }
         }
-        counts[class] += 1;
+        previous = key;
+        max_label = max_label.max(label);
+        out.key_bytes.extend_from_slice(key);
+        out.key_ends.push(out.key_bytes.len());
+        let label = label + label_offset;
+        out.labels.push(label);
+        let class = label as usize;
+        if class >= out.counts.len() {
+            grow_counts(out, class, path, line_no)?;
+        }
+        out.counts[class] += 1;
     }
-    if labels.len() == first_row {
+    if out.labels.len() == first_row {
         return Err(parse_error(
             path,
             1,
             "the kv file holds no `key label` lines",
         ));
     }
+    if !increasing {
+        check_unique_keys(path, out, first_row, label_offset)?;
+    }
     Ok(max_label)
+}
+
+/// Makes room in the class counts for `class`, if the line count justifies it.
+#[cold]
+fn grow_counts(out: &mut Outputs<'_>, class: usize, path: &Path, line_no: usize) -> Result<()> {
+    if class >= out.max_classes {
+        return Err(parse_error(
+            path,
+            line_no,
+            format!(
+                "label {class} (after the offsets of earlier files) would make {} classes, more \
+                 than the kv files' size justifies ({}); labels must be dense ids 0..C-1",
+                class + 1,
+                out.max_classes
+            ),
+        ));
+    }
+    let additional = class + 1 - out.counts.len();
+    error::try_reserve(out.counts, additional, || {
+        format!("{}: row counts of {} classes", path.display(), class + 1)
+    })?;
+    out.counts.resize(class + 1, 0);
+    Ok(())
+}
+
+fn duplicate_error(path: &Path, key: &[u8], first: (usize, i64), second: (usize, i64)) -> F2cError {
+    parse_error(
+        path,
+        second.0,
+        format!(
+            "key {:?} (label {}) repeats line {} (label {}); each key must appear once per kv file",
+            String::from_utf8_lossy(key),
+            second.1,
+            first.0,
+            first.1
+        ),
+    )
+}
+
+/// A 64-bit hash of a key, seeded per process so that crafted keys cannot aim at one bucket.
+#[inline]
+fn key_hash(key: &[u8], seed: u64) -> u64 {
+    const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = seed ^ (key.len() as u64).wrapping_mul(MUL);
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
+        h = (h ^ w).wrapping_mul(MUL).rotate_left(31);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(buf))
+            .wrapping_mul(MUL)
+            .rotate_left(31);
+    }
+    // Final avalanche (the murmur3 finaliser constants): every input bit reaches the top bits,
+    // which pick the bucket.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// Refuses a repeated key among rows `first_row..` (one file, not in increasing order): an
+/// open-addressing table of `fingerprint << 32 | row + 1` at most half full, filled in blocks
+/// whose buckets are prefetched together (the table is far larger than the cache).
+#[cold]
+fn check_unique_keys(
+    path: &Path,
+    out: &Outputs<'_>,
+    first_row: usize,
+    label_offset: i64,
+) -> Result<()> {
+    const BLOCK: usize = 16;
+    let rows = out.labels.len() - first_row;
+    if rows >= u32::MAX as usize {
+        return Err(F2cError::InvalidInput(format!(
+            "{}: {rows} lines out of key order; the duplicate-key check handles up to 2^32 - 2 \
+             (sort the file by key)",
+            path.display()
+        )));
+    }
+    let bits = (2 * rows).next_power_of_two().trailing_zeros().max(4);
+    let mut table: Vec<u64> = bigvec::try_filled(1usize << bits, 0u64, || {
+        format!("{}: duplicate-key table for {rows} lines", path.display())
+    })?;
+    let mask = (1usize << bits) - 1;
+    let seed = process_seed();
+    let key = |row: usize| -> &[u8] {
+        let (a, b) = out.key_ends.range(first_row + row);
+        &out.key_bytes[a..b]
+    };
+    let mut hashes = [0u64; BLOCK];
+    for block_start in (0..rows).step_by(BLOCK) {
+        let block = BLOCK.min(rows - block_start);
+        for (i, h) in hashes[..block].iter_mut().enumerate() {
+            *h = key_hash(key(block_start + i), seed);
+            crate::pool_index::prefetch(&table[(*h >> (64 - bits)) as usize]);
+        }
+        for (i, &h) in hashes[..block].iter().enumerate() {
+            let row = block_start + i;
+            // The low half of the hash tells keys apart; its top bits chose the bucket.
+            let fingerprint = h << 32;
+            let mut bucket = (h >> (64 - bits)) as usize;
+            loop {
+                let entry = table[bucket];
+                if entry == 0 {
+                    table[bucket] = fingerprint | (row as u64 + 1);
+                    break;
+                }
+                if entry & 0xFFFF_FFFF_0000_0000 == fingerprint {
+                    let other = (entry & 0xFFFF_FFFF) as usize - 1;
+                    if key(other) == key(row) {
+                        let label = |r: usize| out.labels[first_row + r] - label_offset;
+                        return Err(duplicate_error(
+                            path,
+                            key(row),
+                            (other + 1, label(other)),
+                            (row + 1, label(row)),
+                        ));
+                    }
+                }
+                bucket = (bucket + 1) & mask;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn map_file(path: &Path) -> Result<Option<memmap2::Mmap>> {
@@ -248,30 +471,39 @@ impl KvIndex {
             .map(|p| map_file(p.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let total_bytes: usize = maps.iter().flatten().map(|m| m.len()).sum();
+        let files = || {
+            paths
+                .iter()
+                .map(|p| p.as_ref().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         // Keys are shorter than their lines, so the files' size bounds the key buffer; pages
         // never touched cost nothing and the excess is returned by shrink_to_fit.
-        let mut key_bytes: Vec<u8> = bigvec::with_capacity(total_bytes);
+        let mut key_bytes: Vec<u8> =
+            bigvec::try_with_capacity(total_bytes, || format!("keys of the kv files {}", files()))?;
         // A line takes at least 4 bytes ("k 0\n"), which bounds the row count: the outputs are
         // allocated once (pages never touched cost nothing) and trimmed at the end.
         let max_rows = total_bytes / 4 + paths.len();
-        let mut key_ends = KeyEnds::with_capacity(max_rows, total_bytes as u64);
-        let mut labels: Vec<i64> = bigvec::with_capacity(max_rows);
+        let mut key_ends = KeyEnds::with_capacity(max_rows, total_bytes as u64)?;
+        let mut labels: Vec<i64> = bigvec::try_with_capacity(max_rows, || {
+            format!("labels of up to {max_rows} lines of {}", files())
+        })?;
         let mut counts: Vec<i64> = Vec::new();
+        let mut out = Outputs {
+            key_bytes: &mut key_bytes,
+            key_ends: &mut key_ends,
+            labels: &mut labels,
+            counts: &mut counts,
+            max_classes: class_limit(max_rows),
+        };
         let mut file_starts = vec![0usize];
         let mut label_offsets = Vec::with_capacity(paths.len());
         let mut next_offset: i64 = 0;
         for (path, map) in paths.iter().zip(&maps) {
             let path = path.as_ref();
             let data: &[u8] = map.as_deref().unwrap_or(&[]);
-            let max_label = parse_kv_bytes(
-                path,
-                data,
-                next_offset,
-                &mut key_bytes,
-                &mut key_ends,
-                &mut labels,
-                &mut counts,
-            )?;
+            let max_label = parse_kv_bytes(path, data, next_offset, &mut out)?;
             if next_offset + max_label > MAX_LABEL {
                 return Err(F2cError::InvalidInput(format!(
                     "{}: labels offset by {next_offset} exceed 2^31 - 1",
@@ -280,14 +512,25 @@ impl KvIndex {
             }
             label_offsets.push(next_offset);
             next_offset += max_label + 1;
-            file_starts.push(labels.len());
+            file_starts.push(out.labels.len());
         }
         drop(maps);
+        let num_classes = next_offset as usize;
+        // The bound used while parsing allowed for the largest line count the files' size
+        // permits; hold the classes to the lines actually found.
+        if num_classes > class_limit(labels.len()) {
+            return Err(F2cError::InvalidInput(format!(
+                "{}: the largest label makes {num_classes} classes for {} lines (at most {} \
+                 allowed: 16 per line + 2^22); labels must be dense ids 0..C-1",
+                files(),
+                labels.len(),
+                class_limit(labels.len())
+            )));
+        }
         key_bytes.shrink_to_fit();
         key_ends.shrink_to_fit();
         labels.shrink_to_fit();
-        let num_classes = next_offset as usize;
-        let (identity_offsets, identity_rows) = build_csr(&labels, counts, num_classes);
+        let (identity_offsets, identity_rows) = build_csr(&labels, counts, num_classes)?;
         Ok(Self {
             paths: paths.iter().map(|p| p.as_ref().to_path_buf()).collect(),
             key_bytes,
@@ -373,9 +616,10 @@ pub(crate) fn build_csr(
     labels: &[i64],
     mut counts: Vec<i64>,
     num_classes: usize,
-) -> (Vec<i64>, Vec<i64>) {
-    counts.resize(num_classes, 0);
-    let mut offsets = bigvec::with_capacity(num_classes + 1);
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    counts.resize(num_classes, 0); // counts already covers the largest label
+    let what = || format!("the per-identity index of {num_classes} classes");
+    let mut offsets = bigvec::try_with_capacity(num_classes + 1, what)?;
     offsets.push(0i64);
     let mut total = 0;
     for &n in &counts {
@@ -384,13 +628,13 @@ pub(crate) fn build_csr(
     }
     let rows = if labels.windows(2).all(|w| w[0] <= w[1]) {
         // Sorted labels (the usual layout): the rows are already grouped.
-        let mut rows = bigvec::with_capacity(labels.len());
+        let mut rows = bigvec::try_with_capacity(labels.len(), what)?;
         rows.extend(0..labels.len() as i64);
         rows
     } else {
         let mut cursor = counts; // reused as the next free slot of each class
         cursor.copy_from_slice(&offsets[..num_classes]);
-        let mut rows = bigvec::filled(labels.len(), 0i64);
+        let mut rows = bigvec::try_filled(labels.len(), 0i64, what)?;
         for (row, &l) in labels.iter().enumerate() {
             let slot = &mut cursor[l as usize];
             rows[*slot as usize] = row as i64;
@@ -398,7 +642,7 @@ pub(crate) fn build_csr(
         }
         rows
     };
-    (offsets, rows)
+    Ok((offsets, rows))
 }
 
 #[cfg(test)]
@@ -468,6 +712,82 @@ mod tests {
             .contains("no `key label`"));
         let missing = KvIndex::open(&["/nonexistent/f2c.kv"]).unwrap_err();
         assert!(matches!(missing, F2cError::Io { .. }));
+    }
+
+    #[test]
+    fn three_columns_and_double_spaces_are_refused() {
+        let cases: [(&str, &[u8], usize, &str); 5] = [
+            ("three.kv", b"a 0 7\n", 1, "three columns"),
+            ("three-signed.kv", b"b 1\na -3 7\n", 2, "three columns"),
+            (
+                "three-late.kv",
+                b"k 1\nk2 0\nx y 12 3\n",
+                3,
+                "three columns",
+            ),
+            ("double.kv", b"a  7\n", 1, "two spaces"),
+            ("digits.kv", b"img 0001 4\n", 1, "three columns"),
+        ];
+        for (name, body, line, needle) in cases {
+            let p = write_temp(name, body);
+            let err = KvIndex::open(&[&p]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{}:{line}:", p.display())),
+                "{name}: {err}"
+            );
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+        // Spaces inside keys stay allowed when the last word is not a number.
+        let p = write_temp("spaces.kv", b"John Smith/img 1.jpg 0\n0 1\nx-3 2\n");
+        let idx = KvIndex::open(&[&p]).unwrap();
+        assert_eq!(idx.key(0), b"John Smith/img 1.jpg");
+        assert_eq!(idx.key(1), b"0");
+        assert_eq!(idx.labels(), &[0, 1, 2]);
+    }
+
+    #[test]
+    fn repeated_keys_name_both_lines() {
+        // In key order (adjacent repeat) and out of order (found by the hash table).
+        for (name, body, lines) in [
+            ("dup-sorted.kv", &b"a 0\nb 0\nb 7\nc 1\n"[..], (2, 3)),
+            ("dup-unsorted.kv", &b"z 0\nb 0\nq 1\nb 0\n"[..], (2, 4)),
+        ] {
+            let p = write_temp(name, body);
+            let err = KvIndex::open(&[&p]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{}:{}:", p.display(), lines.1)),
+                "{err}"
+            );
+            assert!(err.contains(&format!("repeats line {}", lines.0)), "{err}");
+        }
+        // Each file is its own key space (one lmdb per kv file).
+        let a = write_temp("own-a.kv", b"k 0\nj 1\n");
+        let b = write_temp("own-b.kv", b"k 0\n");
+        assert_eq!(KvIndex::open(&[&a, &b]).unwrap().len(), 3);
+        // Many unsorted distinct keys pass.
+        let body: String = (0..5000)
+            .rev()
+            .map(|i| format!("key{i} {}\n", i % 7))
+            .collect();
+        let p = write_temp("many.kv", body.as_bytes());
+        assert_eq!(KvIndex::open(&[&p]).unwrap().len(), 5000);
+    }
+
+    #[test]
+    fn labels_beyond_what_the_lines_justify_are_refused() {
+        let p = write_temp("max-label.kv", b"a 2147483646\n");
+        let err = KvIndex::open(&[&p]).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:1:", p.display())), "{err}");
+        assert!(err.contains("dense"), "{err}");
+        // Sparse but justified: a few lines of a db with a million identities.
+        let p = write_temp("sparse.kv", b"a 999999\nb 3\n");
+        assert_eq!(KvIndex::open(&[&p]).unwrap().num_classes(), 1_000_000);
+        // Long lines raise the size-based bound used while parsing, not the final one.
+        let mut body = vec![b'k'; 200_000];
+        body.extend_from_slice(b" 4500000\n");
+        let p = write_temp("long-line.kv", &body);
+        let err = KvIndex::open(&[&p]).unwrap_err().to_string();
+        assert!(err.contains("4500001 classes for 1 lines"), "{err}");
     }
 
     #[test]

@@ -619,7 +619,7 @@ impl RecordIoReader {
             )));
         }
         self.num_classes = counts.len();
-        let (offsets, rows) = build_csr(&labels, counts, self.num_classes);
+        let (offsets, rows) = build_csr(&labels, counts, self.num_classes)?;
         self.labels = labels;
         self.identity_offsets = offsets;
         self.identity_rows = rows;
