@@ -11,11 +11,16 @@
 //! Class ids below `DENSE_LIMIT` map through a flat table (the fast path for dense labels
 //! 0..C); larger ids go through a hash map. A call that may have to be reverted (an undoable
 //! one, or one with more labels than slots, which may overflow) journals what it changes.
+//!
+//! Memory follows what the index holds, not its capacity: slot records exist for used slots
+//! only, and every growth is reserved fallibly before a call changes anything, so a huge
+//! capacity (a hostile state dict) costs nothing until classes fill it, and a refused
+//! allocation is an error, never an abort.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::error::{F2cError, Result};
+use crate::error::{try_reserve, F2cError, Result};
 
 const NIL: u32 = u32::MAX;
 /// Ids below this go through the dense table (at most 256 MiB of u32 entries).
@@ -55,7 +60,7 @@ impl Hasher for IdHasher {
 
 /// Ask the CPU to start loading the cache line of `value` (a hint; no effect on results).
 #[inline(always)]
-fn prefetch<T>(value: &T) {
+pub(crate) fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -85,6 +90,30 @@ impl LabelMap {
         } else {
             self.sparse.get(&label).copied()
         }
+    }
+
+    /// Room for the ids of one call (largest dense id, count of sparse ids) before it starts,
+    /// so that `insert` never allocates.
+    fn reserve(&mut self, max_dense: Option<u64>, sparse: usize) -> Result<()> {
+        if let Some(max) = max_dense {
+            let i = max as usize;
+            if i >= self.dense.len() {
+                let new_len = (i + 1)
+                    .max(self.dense.len() * 3 / 2)
+                    .min(DENSE_LIMIT as usize);
+                let additional = new_len - self.dense.len();
+                try_reserve(&mut self.dense, additional, || {
+                    format!("ClassPoolIndex id table up to class id {max}")
+                })?;
+                self.dense.resize(new_len, NIL);
+            }
+        }
+        self.sparse
+            .try_reserve(sparse)
+            .map_err(|_| F2cError::OutOfMemory {
+                what: format!("ClassPoolIndex hash map for {sparse} more class ids"),
+                bytes: sparse.saturating_mul(12),
+            })
     }
 
     /// Hint the CPU to load the table entry of `label`: the table is larger than L2 for big
@@ -131,11 +160,6 @@ struct SlotRecord {
     pos: u64,
 }
 
-const EMPTY_SLOT: SlotRecord = SlotRecord {
-    label: EMPTY_LABEL,
-    pos: NO_POS,
-};
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     /// The class was present and was touched again.
@@ -175,6 +199,14 @@ struct Outputs<'a> {
     slots: &'a mut [i64],
     hit: &'a mut [bool],
     evicted: &'a mut Vec<i64>,
+}
+
+/// The labels of one call, scanned before it changes anything.
+struct LabelScan {
+    /// Largest id that goes through the dense table.
+    max_dense: Option<u64>,
+    /// Ids that go through the hash map (an upper bound on its new entries).
+    sparse: usize,
 }
 
 /// Record a touch of slot `s` at the end of the queue: it becomes the most recent.
@@ -227,7 +259,7 @@ fn pop_lru(
 fn assign_loop<const JOURNALED: bool>(
     out: Outputs<'_>,
     labels: &[i64],
-    records: &mut [SlotRecord],
+    records: &mut Vec<SlotRecord>,
     queue: &mut Vec<u32>,
     front: &mut usize,
     base: u64,
@@ -245,8 +277,7 @@ fn assign_loop<const JOURNALED: bool>(
     // Same lengths as `labels`, stated so that the per-label writes need no bounds checks.
     let slots = &mut slots[..labels.len()];
     let hit = &mut hit[..labels.len()];
-    queue.reserve(labels.len());
-    evicted.reserve(labels.len());
+    // The caller reserved room in `records`, `queue`, `evicted` and `journal` for this call.
     for (i, &raw) in labels.iter().enumerate() {
         if let Some(&ahead) = labels.get(i + TABLE_PREFETCH_DISTANCE) {
             map.prefetch(ahead as u64);
@@ -275,7 +306,8 @@ fn assign_loop<const JOURNALED: bool>(
                     new_label: label,
                 });
             }
-            records[s as usize].label = label;
+            // Slots fill in order, so the new slot's record goes at the end.
+            records.push(SlotRecord { label, pos: NO_POS });
             map.insert(label, s);
             (s, false)
         } else {
@@ -310,6 +342,8 @@ fn assign_loop<const JOURNALED: bool>(
 pub struct ClassPoolIndex {
     capacity: u32,
     used: u32,
+    /// Records of the used slots `0..used` (slots fill lowest first and are never freed
+    /// except by undo, which frees the latest).
     slots: Vec<SlotRecord>,
     /// Touch log: slot numbers in touch order; entries before `front` are spent.
     queue: Vec<u32>,
@@ -334,7 +368,7 @@ impl ClassPoolIndex {
         Ok(ClassPoolIndex {
             capacity: capacity as u32,
             used: 0,
-            slots: vec![EMPTY_SLOT; capacity],
+            slots: Vec::new(),
             queue: Vec::new(),
             front: 0,
             base: 0,
@@ -365,20 +399,60 @@ impl ClassPoolIndex {
         label >= 0 && self.map.get(label as u64).is_some()
     }
 
-    fn check_labels(labels: &[i64]) -> Result<()> {
-        if let Some(pos) = labels.iter().position(|&l| l < 0) {
+    fn check_labels(labels: &[i64]) -> Result<LabelScan> {
+        let mut scan = LabelScan {
+            max_dense: None,
+            sparse: 0,
+        };
+        let mut negative = false;
+        for &l in labels {
+            negative |= l < 0;
+            let id = l as u64;
+            if id < DENSE_LIMIT {
+                scan.max_dense = scan.max_dense.max(Some(id));
+            } else {
+                scan.sparse += 1;
+            }
+        }
+        if negative {
+            let pos = labels.iter().position(|&l| l < 0).unwrap_or(0);
             return Err(F2cError::InvalidInput(format!(
                 "class ids must be non-negative, got {} at position {pos}",
                 labels[pos]
             )));
         }
-        Ok(())
+        Ok(scan)
+    }
+
+    /// Room for everything one call of `n` labels may add, reserved before it changes
+    /// anything (a refused allocation then leaves the index as it was).
+    fn reserve_for_call(
+        &mut self,
+        n: usize,
+        scan: &LabelScan,
+        journaled: bool,
+        evicted: &mut Vec<i64>,
+    ) -> Result<()> {
+        let what = || format!("ClassPoolIndex.assign of {n} labels");
+        let fills = n.min((self.capacity - self.used) as usize);
+        try_reserve(&mut self.slots, fills, what)?;
+        try_reserve(&mut self.queue, n, what)?;
+        try_reserve(evicted, n, what)?;
+        if journaled {
+            try_reserve(&mut self.journal, n, what)?;
+            if let Some(top) = self.undo_stack.last_mut() {
+                try_reserve(&mut top.entries, n, what)?;
+            }
+            try_reserve(&mut self.undo_stack, 1, what)?;
+        }
+        self.map.reserve(scan.max_dense, scan.sparse)
     }
 
     /// Keep the queue within a few entries per slot. Only between calls with no undo
     /// pending: journals refer to queue indices.
     fn clean_queue(&mut self) {
-        let limit = QUEUE_SLOTS_FACTOR * self.capacity as usize + QUEUE_SLACK;
+        // Live entries are at most the used slots (not the capacity, which may be huge).
+        let limit = QUEUE_SLOTS_FACTOR * self.used as usize + QUEUE_SLACK;
         if self.queue.len() - self.front > limit {
             self.compact();
         } else if self.front > limit {
@@ -409,15 +483,17 @@ impl ClassPoolIndex {
 
     fn revert(&mut self, journal: &Journal) {
         for e in journal.entries.iter().rev() {
-            let record = &mut self.slots[e.slot as usize];
             match e.op {
-                Op::Hit => record.pos = e.old_pos,
+                Op::Hit => self.slots[e.slot as usize].pos = e.old_pos,
                 Op::Fill => {
+                    // Fills are reverted latest first, so this is the last used slot.
+                    debug_assert_eq!(e.slot + 1, self.used);
                     self.used -= 1;
-                    *record = EMPTY_SLOT;
+                    self.slots.pop();
                     self.map.remove(e.new_label);
                 }
                 Op::Evict => {
+                    let record = &mut self.slots[e.slot as usize];
                     record.label = e.old_label;
                     record.pos = e.old_pos;
                     self.map.remove(e.new_label);
@@ -444,7 +520,7 @@ impl ClassPoolIndex {
                 "output buffers must match labels".into(),
             ));
         }
-        Self::check_labels(labels)?;
+        let scan = Self::check_labels(labels)?;
         if self.undo_stack.is_empty() {
             self.clean_queue();
         }
@@ -453,13 +529,14 @@ impl ClassPoolIndex {
         let call_start_index = self.queue.len();
         let call_start = self.base + call_start_index as u64;
         let start_front = self.front;
-        let mut journal = std::mem::take(&mut self.journal);
-        journal.clear();
         // The journal serves undo and the rollback of an overflowing call; a plain call with
         // no more labels than slots cannot overflow, so it needs none.
         let journaled =
             undoable || !self.undo_stack.is_empty() || labels.len() > self.capacity as usize;
         let mut summary = AssignSummary::default();
+        self.journal.clear();
+        self.reserve_for_call(labels.len(), &scan, journaled, &mut summary.evicted)?;
+        let mut journal = std::mem::take(&mut self.journal);
 
         let run = if journaled {
             assign_loop::<true>
@@ -547,7 +624,7 @@ impl ClassPoolIndex {
                 "output buffer must match labels".into(),
             ));
         }
-        Self::check_labels(labels)?;
+        Self::check_labels(labels)?; // lookups never grow the table
         for (out, &l) in slots.iter_mut().zip(labels) {
             *out = self.map.get(l as u64).map_or(-1, i64::from);
         }
@@ -579,7 +656,8 @@ impl ClassPoolIndex {
     }
 
     /// Rebuild an index from `entries()` output. Validates everything: a state is only
-    /// accepted if some sequence of assigns could have produced it.
+    /// accepted if some sequence of assigns could have produced it. Memory follows the
+    /// entries, not `capacity` (a state's capacity is input too).
     pub fn from_entries(capacity: usize, keys: &[i64], slots: &[i64]) -> Result<Self> {
         let mut index =
             ClassPoolIndex::new(capacity).map_err(|e| F2cError::CorruptState(e.to_string()))?;
@@ -597,11 +675,25 @@ impl ClassPoolIndex {
             )));
         }
         let n = keys.len();
-        let mut seen_slot = vec![false; n];
+        let what = || format!("ClassPoolIndex state of {n} entries");
+        let mut seen_slot = Vec::new();
+        try_reserve(&mut seen_slot, n, what)?;
+        seen_slot.resize(n, false);
+        try_reserve(&mut index.slots, n, what)?;
+        index.slots.resize(
+            n,
+            SlotRecord {
+                label: EMPTY_LABEL,
+                pos: NO_POS,
+            },
+        );
+        try_reserve(&mut index.queue, n, what)?;
+        if let Some(&k) = keys.iter().find(|&&k| k < 0) {
+            return Err(F2cError::CorruptState(format!("negative class id {k}")));
+        }
+        let scan = Self::check_labels(keys)?;
+        index.map.reserve(scan.max_dense, scan.sparse)?;
         for (&k, &s) in keys.iter().zip(slots) {
-            if k < 0 {
-                return Err(F2cError::CorruptState(format!("negative class id {k}")));
-            }
             // Slots are handed out lowest-first and never freed, so n entries use 0..n.
             if s < 0 || s as usize >= n || seen_slot[s as usize] {
                 return Err(F2cError::CorruptState(format!(
@@ -761,6 +853,27 @@ mod tests {
         assert!(ClassPoolIndex::from_entries(3, &[1, -2], &[0, 1]).is_err());
         assert!(ClassPoolIndex::from_entries(1, &[1, 2], &[0, 1]).is_err());
         assert!(ClassPoolIndex::from_entries(0, &[], &[]).is_err());
+    }
+
+    #[test]
+    fn memory_follows_use_not_capacity() {
+        // The largest capacity allocates nothing up front and works as any other.
+        let huge = NIL as usize - 1;
+        let mut idx = ClassPoolIndex::new(huge).unwrap();
+        assert_eq!(idx.capacity(), huge);
+        idx.assign(&[5, 9, 5], true).unwrap();
+        assert_eq!(idx.slots.len(), 2);
+        idx.undo().unwrap();
+        assert_eq!((idx.len(), idx.slots.len()), (0, 0));
+        let copy = ClassPoolIndex::from_entries(huge, &[7, 3], &[1, 0]).unwrap();
+        assert_eq!(copy.entries(), (vec![7, 3], vec![1, 0]));
+        assert!(copy.slots.capacity() < 1024);
+        // Many distinct ids through a huge pool keep the queue bounded by use.
+        for round in 0..50i64 {
+            let labels: Vec<i64> = (0..100).map(|i| i % 10 + round % 3).collect();
+            idx.assign(&labels, false).unwrap();
+        }
+        assert!(idx.queue.len() <= QUEUE_SLOTS_FACTOR * 12 + QUEUE_SLACK + 100);
     }
 
     /// The F²C step pattern (undoable assign, undo, plain assign) over many steps, so the

@@ -11,6 +11,9 @@ from f2c import _native
 from f2c._labels import INT64_MAX, as_label_array
 
 Int64Array = npt.NDArray[np.int64]
+#: Largest capacity (slot numbers are 32-bit, one value reserved). Memory follows the classes
+#: held, not the capacity.
+MAX_CAPACITY = 2**32 - 2
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -45,7 +48,23 @@ class ClassPoolIndex(_native.ClassPoolIndex):
     ``assign(..., undoable=True)`` (plain assigns made after it are reverted with it); undoable
     calls stack, last in first out. Class ids are non-negative 64-bit integers; ids below 2**26
     take a dense fast path.
+
+    Memory follows the classes held, not ``capacity``: a pool of any capacity up to
+    ``MAX_CAPACITY`` costs nothing until it fills, so a capacity read from a state dict cannot
+    make the process allocate what the state does not hold. A refused allocation raises
+    ``MemoryError``.
     """
+
+    def __new__(cls, capacity: int) -> ClassPoolIndex:
+        # Checked here so that a bad argument names ``capacity`` (the binding would report a
+        # bare conversion error for a huge int or a float).
+        if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)):
+            raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if capacity > MAX_CAPACITY:
+            raise ValueError(f"capacity must be at most {MAX_CAPACITY} (2**32 - 2), got {capacity}")
+        return super().__new__(cls, int(capacity))
 
     def assign(  # type: ignore[override]
         self, labels: Any, undoable: bool = False
