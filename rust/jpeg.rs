@@ -1,5 +1,10 @@
 //! Record values of a training db: raw JPEG bytes or a Caffe-style protobuf `Datum` wrapping
 //! them, decoded to RGB straight into a caller's buffer (optionally mirrored).
+//!
+//! Every JPEG passes [`scan::check`] before it is decoded: the decoder fills what a truncated
+//! or corrupt stream lacks, the check refuses it (see `docs/design.md §3`, training db).
+
+mod scan;
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -9,7 +14,7 @@ use zune_jpeg::JpegDecoder;
 const JPEG_SOI: [u8; 2] = [0xFF, 0xD8];
 
 /// Largest image side accepted; a header claiming more is treated as corrupt.
-const MAX_SIDE: usize = 8192;
+pub const MAX_SIDE: usize = 8192;
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, String> {
     let mut value: u64 = 0;
@@ -111,10 +116,34 @@ fn open(jpeg: &[u8]) -> Result<(Decoder<'_>, usize, usize), String> {
     Ok((decoder, h, w))
 }
 
-/// (height, width) of a JPEG from its headers.
+/// [`scan::check`] with its message marked as a JPEG's.
+fn strict_check(jpeg: &[u8], max_side: usize) -> Result<(usize, usize), String> {
+    scan::check(jpeg, max_side).map_err(|e| format!("corrupt JPEG: {e}"))
+}
+
+/// (height, width) of a JPEG whose headers and scan data pass the strict check.
 pub fn jpeg_size(jpeg: &[u8]) -> Result<(usize, usize), String> {
-    let (_, h, w) = open(jpeg)?;
-    Ok((h, w))
+    strict_check(jpeg, MAX_SIDE)
+}
+
+/// (height, width) of a JPEG from its frame header alone, refused above `max_side` per side.
+pub fn jpeg_header_size(jpeg: &[u8], max_side: usize) -> Result<(usize, usize), String> {
+    scan::frame_size(jpeg, max_side).map_err(|e| format!("corrupt JPEG: {e}"))
+}
+
+/// Checks that `jpeg` is complete and uncorrupted (the strict check, then a full decode) with
+/// no side above `max_side`; returns its (height, width). What `pack` stores passes this, and
+/// so decodes in the reader.
+pub fn validate(jpeg: &[u8], max_side: usize) -> Result<(usize, usize), String> {
+    let (height, width) = strict_check(jpeg, max_side.min(MAX_SIDE))?;
+    let bytes = height * width * 3; // at most MAX_SIDE² × 3
+    let mut pixels: Vec<u8> = Vec::new();
+    pixels
+        .try_reserve_exact(bytes)
+        .map_err(|_| format!("cannot allocate {bytes} bytes to decode a {height}x{width} image"))?;
+    pixels.resize(bytes, 0);
+    decode_rgb_into(jpeg, &mut pixels, height, width, false)?;
+    Ok((height, width))
 }
 
 /// Decodes `jpeg` as RGB into `out` (exactly `height * width * 3` bytes), mirrored
@@ -127,10 +156,16 @@ pub fn decode_rgb_into(
     flip: bool,
 ) -> Result<(), String> {
     debug_assert_eq!(out.len(), height * width * 3);
-    let (mut decoder, h, w) = open(jpeg)?;
+    let (h, w) = strict_check(jpeg, MAX_SIDE)?;
     if (h, w) != (height, width) {
         return Err(format!(
             "image is {h}x{w} (HxW) but the db's first record is {height}x{width}"
+        ));
+    }
+    let (mut decoder, h, w) = open(jpeg)?;
+    if (h, w) != (height, width) {
+        return Err(format!(
+            "the decoder reads {h}x{w} (HxW) where the headers say {height}x{width}"
         ));
     }
     decoder

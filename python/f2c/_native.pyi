@@ -10,6 +10,9 @@ import numpy.typing as npt
 __version__: str
 
 class ClassPoolIndex:
+    """Memory follows the classes held, not ``capacity`` (any capacity below 2**32 - 1 costs
+    nothing until filled); an allocation the system refuses raises ``MemoryError``."""
+
     def __init__(self, capacity: int) -> None: ...
     @property
     def capacity(self) -> int: ...
@@ -33,8 +36,10 @@ _Path = str | os.PathLike[str]
 
 class KvIndex:
     """Rows of one or more kv files (``key label`` per line); labels of later files are offset
-    by max label + 1 of the files before. Raises ``ValueError`` naming file:line on bad input,
-    ``OSError`` on an unreadable file."""
+    by max label + 1 of the files before. Raises ``ValueError`` naming file:line on bad input
+    (three columns, a key repeated within one file — both lines named —, labels beyond
+    16 × lines + 2**22 classes), ``OSError`` on an unreadable file, ``MemoryError`` when an
+    allocation is refused."""
 
     def __init__(self, paths: _Path | Sequence[_Path]) -> None: ...
     def __len__(self) -> int: ...
@@ -56,7 +61,8 @@ class KvIndex:
 class LmdbReader:
     """Decodes JPEG records (raw or Datum-wrapped) of LMDB dbs, one per kv file of ``index``,
     in parallel with the GIL released. Works in forked processes (environments and threads are
-    per process)."""
+    per process). Every record passes the strict check of :func:`validate_jpeg` before it is
+    decoded: a truncated or corrupt record raises ``ValueError`` naming its key and db."""
 
     def __init__(
         self,
@@ -125,5 +131,13 @@ class RecordIOReader:
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...  # image bytes as stored
 
 def validate_jpeg(data: bytes, max_side: int = 8192) -> tuple[int, int]:
-    """(height, width) of ``data`` if it is a complete, uncorrupted JPEG of at most
-    ``max_side`` pixels per side (the reader's strict decoder), else ``ValueError``."""
+    """``(height, width)`` of a complete, uncorrupted JPEG with no side above ``max_side``
+    (at most 8192), else ``ValueError`` saying what is wrong (the caller adds the file name).
+
+    The check the reader applies to every record: all marker segments parsed, every scan's
+    entropy-coded data walked to its last block (a stream cut short — even with an end-of-image
+    marker appended —, bytes left over, impossible codes or coefficient values, restart markers
+    out of order, an incomplete progressive image are refused), then a full decode. The frame
+    header's size is checked before anything is allocated. Baseline, extended and progressive
+    8-bit Huffman JPEGs are accepted.
+    """

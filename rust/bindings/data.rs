@@ -78,22 +78,20 @@ fn checked_rows(index: &KvIndex, rows: &Bound<'_, PyAny>) -> PyResult<Vec<usize>
 }
 
 /// Checks that `data` is a complete, uncorrupted JPEG of at most `max_side` pixels per side
-/// (the reader's strict decoder, a full decode); returns its (height, width).
+/// (the reader's strict check plus a full decode); returns its (height, width).
 #[pyfunction]
-#[pyo3(signature = (data, max_side = 8192))]
+#[pyo3(signature = (data, max_side = jpeg::MAX_SIDE))]
 pub fn validate_jpeg(py: Python<'_>, data: &[u8], max_side: usize) -> PyResult<(usize, usize)> {
-    py.detach(|| {
-        let (height, width) = jpeg::jpeg_size(data)?;
-        if height > max_side || width > max_side {
-            return Err(format!(
-                "the JPEG header claims {height}x{width} (HxW), above {max_side} per side"
-            ));
-        }
-        let mut pixels = vec![0u8; height * width * 3];
-        jpeg::decode_rgb_into(data, &mut pixels, height, width, false)?;
-        Ok((height, width))
-    })
-    .map_err(PyValueError::new_err)
+    py.detach(|| jpeg::validate(data, max_side))
+        .map_err(PyValueError::new_err)
+}
+
+/// A zeroed uint8 array of `shape` from numpy itself, so that a size numpy cannot
+/// allocate is a `MemoryError` (PyArray4::zeros would panic).
+fn zeros_u8<'py>(py: Python<'py>, shape: [usize; 4]) -> PyResult<Bound<'py, PyArray4<u8>>> {
+    let np = py.import("numpy")?;
+    let array = np.call_method1("zeros", (shape.to_vec(), "uint8"))?;
+    Ok(array.cast_into::<PyArray4<u8>>()?)
 }
 
 /// `flip` (None: no flips) as one boolean per row.
@@ -120,7 +118,7 @@ pub(super) fn read_batch<'py>(
     (height, width): (usize, usize),
     read_into: impl FnOnce(&mut [u8]) -> crate::error::Result<()> + Send,
 ) -> PyResult<Bound<'py, PyArray4<u8>>> {
-    let batch = PyArray4::<u8>::zeros(py, [n, height, width, 3], false);
+    let batch = zeros_u8(py, [n, height, width, 3])?;
     {
         let mut view = batch.readwrite();
         let out = view.as_slice_mut()?;
