@@ -15,7 +15,9 @@
 //! processes (lossless, hierarchical, arithmetic coding, 12-bit) are refused as unsupported.
 
 /// Code lengths up to this are decoded by one table lookup.
-const LOOKAHEAD: u32 = 9;
+const LOOKAHEAD: u32 = 10;
+/// In an AC table entry: the consumed length includes the coefficient's value bits.
+const WITH_VALUE: u16 = 1 << 13;
 /// Largest DC difference category for 8-bit samples.
 const MAX_DC_CATEGORY: u8 = 11;
 /// Bound on |DCT coefficient| of 8-bit samples: the DC term lies in [-1024, 1016] and AC terms
@@ -85,7 +87,9 @@ struct Frame {
 
 #[derive(Clone)]
 struct Huffman {
-    /// Entry for the next LOOKAHEAD bits: code length << 8 | symbol; 0 for a longer code.
+    /// Entry for the next LOOKAHEAD bits: consumed length << 8 | symbol; 0 for a longer code.
+    /// In AC tables, when the code and the value bits after it fit in LOOKAHEAD bits, the
+    /// length covers both and [`WITH_VALUE`] is set (the walk skips values without reading).
     lookup: Vec<u16>,
     /// Per length: largest code of that length (-1: none), and symbol index minus first code.
     max_code: [i32; 17],
@@ -94,7 +98,7 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], symbols: &[u8]) -> Check<Self> {
+    fn new(counts: &[u8; 16], symbols: &[u8], ac: bool) -> Check<Self> {
         let mut lookup = vec![0u16; 1 << LOOKAHEAD];
         let mut max_code = [-1i32; 17];
         let mut offset = [0i32; 17];
@@ -108,7 +112,12 @@ impl Huffman {
                     if len <= LOOKAHEAD {
                         let shift = LOOKAHEAD - len;
                         let first = (code << shift) as usize;
-                        let entry = (len as u16) << 8 | u16::from(symbol);
+                        let value_bits = u32::from(symbol & 15);
+                        let entry = if ac && len + value_bits <= LOOKAHEAD {
+                            WITH_VALUE | ((len + value_bits) as u16) << 8 | u16::from(symbol)
+                        } else {
+                            (len as u16) << 8 | u16::from(symbol)
+                        };
                         lookup[first..first + (1 << shift)].fill(entry);
                     }
                     code += 1;
@@ -271,7 +280,7 @@ impl<'a> Bits<'a> {
     fn symbol(&mut self, table: &Huffman) -> Option<u8> {
         self.ensure(32);
         let entry = table.lookup[(self.buf >> (64 - LOOKAHEAD)) as usize];
-        if entry != 0 {
+        if entry != 0 && entry & WITH_VALUE == 0 {
             let len = u32::from(entry >> 8);
             self.buf <<= len;
             self.n -= len;
@@ -283,6 +292,14 @@ impl<'a> Bits<'a> {
     #[cold]
     #[inline(never)]
     fn symbol_slow(&mut self, table: &Huffman) -> Option<u8> {
+        let entry = table.lookup[(self.buf >> (64 - LOOKAHEAD)) as usize];
+        if entry != 0 {
+            // A combined AC entry: consume the code only (its symbol says the value length).
+            let len = u32::from((entry >> 8) & 31) - u32::from(entry as u8 & 15);
+            self.buf <<= len;
+            self.n -= len;
+            return Some(entry as u8);
+        }
         for len in LOOKAHEAD + 1..=16 {
             let code = (self.buf >> (64 - len)) as i32;
             if code <= table.max_code[len as usize] {
@@ -573,7 +590,7 @@ impl<'a> Parser<'a> {
             if total > 256 || body.len() < 17 + total {
                 return Err("Huffman table segment cut off or overfull".into());
             }
-            let table = Huffman::new(&counts, &body[17..17 + total])?;
+            let table = Huffman::new(&counts, &body[17..17 + total], class == 1)?;
             if class == 0 {
                 if let Some(&bad) = table.symbols.iter().find(|&&s| s > 15) {
                     return Err(format!("DC Huffman table with symbol {bad}"));
@@ -899,23 +916,45 @@ impl Walker {
         Ok(())
     }
 
+    /// The AC coefficients of one block (sequential): the hot loop of the check, on a local
+    /// copy of the bit buffer (written back around refills and slow codes).
     #[inline(always)]
     fn ac_sequential(bits: &mut Bits<'_>, table: &Huffman, limits: &Limits) -> Check<()> {
+        let categories = &limits.ac_category;
+        let (mut buf, mut n) = (bits.buf, bits.n);
         let mut k = 1usize;
-        loop {
-            let Some(rs) = bits.symbol(table) else {
-                return Err(bits.bad_code());
+        let result = loop {
+            if n < 32 {
+                (bits.buf, bits.n) = (buf, n);
+                bits.refill();
+                (buf, n) = (bits.buf, bits.n);
+            }
+            let entry = table.lookup[(buf >> (64 - LOOKAHEAD)) as usize];
+            let rs = if entry & WITH_VALUE != 0 {
+                let used = u32::from((entry >> 8) & 31);
+                buf <<= used;
+                n -= used;
+                entry as u8
+            } else {
+                (bits.buf, bits.n) = (buf, n);
+                let Some(rs) = bits.symbol(table) else {
+                    break Err(bits.bad_code());
+                };
+                bits.drop_after_symbol(u32::from(rs & 15));
+                (buf, n) = (bits.buf, bits.n);
+                rs
             };
             let (run, size) = (usize::from(rs >> 4), rs & 15);
             if size == 0 {
                 if run != 15 {
-                    return Ok(()); // end of block
+                    break Ok(()); // end of block
                 }
                 k += 16;
                 if k >= 64 {
-                    return if k == 64 {
+                    break if k == 64 {
                         Ok(())
                     } else {
+                        (bits.buf, bits.n) = (buf, n);
                         Err(bits.corrupt("a zero run past the end of a block"))
                     };
                 }
@@ -923,17 +962,20 @@ impl Walker {
             }
             k += run;
             if k > 63 {
-                return Err(bits.corrupt("a coefficient past the end of a block"));
+                (bits.buf, bits.n) = (buf, n);
+                break Err(bits.corrupt("a coefficient past the end of a block"));
             }
-            if size > limits.ac_category[k] {
-                return Err(Self::too_large(bits, k, size));
+            if size > categories[k] {
+                (bits.buf, bits.n) = (buf, n);
+                break Err(Self::too_large(bits, k, size));
             }
-            bits.drop_after_symbol(u32::from(size));
             k += 1;
             if k == 64 {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        (bits.buf, bits.n) = (buf, n);
+        result
     }
 
     #[cold]
