@@ -117,6 +117,7 @@ def bad_records() -> dict[str, bytes]:
         "garbage_insert_64": overwrite(base, 64, 3, insert=True),
         "header_12000": with_frame_size(base, 12000, 12000),
         "header_taller": with_frame_size(base, SIZE * 4, SIZE),
+        "header_8192": with_frame_size(base, 8192, 8192),
         "progressive_cut_60_eoi": cut_with_eoi(progressive, 0.6),
         "progressive_missing_scans": progressive_cut_at_scan(progressive, 4),
         "restart_out_of_order": wrong_restart_marker(restarts),
@@ -148,10 +149,16 @@ def hostile_cases(tmp: Path) -> list[Hostile]:
     kv.write_text("bad/cut_60_eoi 0\ngood 1\n")
     cases.append(Hostile("first_record_cut_60_eoi", "read_rows", [str(db), str(kv), [1]],
                          needles=("bad/cut_60_eoi", str(db))))
+    # A first record claiming the largest size sets an 8192x8192 batch; its data then fails.
+    kv = tmp / "first-huge.kv"
+    kv.write_text("bad/header_8192 0\ngood 1\n")
+    cases.append(Hostile("first_record_header_8192", "read_rows", [str(db), str(kv), [0]],
+                         errors=("ValueError", "MemoryError"),
+                         needles=("bad/header_8192", str(db))))
     return cases
 
 
-CASE_NAMES = [*bad_records(), "first_record_cut_60_eoi"]
+CASE_NAMES = [*bad_records(), "first_record_cut_60_eoi", "first_record_header_8192"]
 
 
 @pytest.fixture(scope="module")
