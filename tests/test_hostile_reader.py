@@ -15,7 +15,7 @@ import lmdb
 import numpy as np
 import pytest
 from hostile_support import Hostile, explain, run_calls, run_cases
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -232,8 +232,10 @@ def mutate(data: bytes, mutation: tuple[Any, ...]) -> tuple[bytes, bool]:
     return bytes(flipped), False
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.data_too_large])
+# No shrinking: each example is a batch run in a child process; the assertion names
+# the failing input within it.
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=st.lists(st.tuples(_base, _mutation), min_size=40, max_size=40))
 def test_fuzz_jpeg_check_is_a_clean_error_or_a_decoded_image(
     tmp_path_factory: pytest.TempPathFactory, batch: list[tuple[bytes, tuple[Any, ...]]]
