@@ -852,8 +852,18 @@ mod tests {
     #[test]
     fn word_at_a_time_helpers_match_the_plain_ones() {
         let samples: [&[u8]; 12] = [
-            b"", b"7", b"a", b"000123456", b"img 12345678", b"x/123456789012345", b"1234567a",
-            b"a12345678", b"\xff\xb9123", b"12345678", b"k 0", b"abc:9",
+            b"",
+            b"7",
+            b"a",
+            b"000123456",
+            b"img 12345678",
+            b"x/123456789012345",
+            b"1234567a",
+            b"a12345678",
+            b"\xff\xb9123",
+            b"12345678",
+            b"k 0",
+            b"abc:9",
         ];
         for a in samples {
             let plain = a.iter().rev().take_while(|b| b.is_ascii_digit()).count();

@@ -1084,6 +1084,103 @@ impl Walker {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::{check, frame_size};
+
+    /// 16x16 RGB JPEGs written by Pillow (libjpeg), quality 60: baseline and progressive.
+    const BASELINE: &[&str] = &[
+    "ffd8ffe000104a46494600010100000100010000ffdb0043000d090a0b0a080d0b0a0b0e0e0d0f13201513121213271c",
+    "1e17202e2931302e292d2c333a4a3e333646372c2d405741464c4e525352323e5a615a50604a51524fffdb0043010e0e",
+    "0e131113261515264f352d354f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f",
+    "4f4f4f4f4f4f4f4f4f4f4f4f4f4fffc00011080010001003012200021101031101ffc4001f0000010501010101010100",
+    "000000000000000102030405060708090a0bffc400b5100002010303020403050504040000017d010203000411051221",
+    "31410613516107227114328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a",
+    "434445464748494a535455565758595a636465666768696a737475767778797a838485868788898a9293949596979899",
+    "9aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1",
+    "f2f3f4f5f6f7f8f9faffc4001f0100030101010101010101010000000000000102030405060708090a0bffc400b51100",
+    "020102040403040705040400010277000102031104052131061241510761711322328108144291a1b1c109233352f015",
+    "6272d10a162434e125f11718191a262728292a35363738393a434445464748494a535455565758595a63646566676869",
+    "6a737475767778797a82838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4",
+    "c5c6c7c8c9cad2d3d4d5d6d7d8d9dae2e3e4e5e6e7e8e9eaf2f3f4f5f6f7f8f9faffda000c03010002110311003f0093",
+    "50d704e308b9fa554b3d785816257ef565df42745203b799bfd79a75ae9a759190db3156eae17d9b4a378cb76378a952",
+    "a4a3295efb9fffd9",
+    ];
+    const PROGRESSIVE: &[&str] = &[
+    "ffd8ffe000104a46494600010100000100010000ffdb0043000d090a0b0a080d0b0a0b0e0e0d0f13201513121213271c",
+    "1e17202e2931302e292d2c333a4a3e333646372c2d405741464c4e525352323e5a615a50604a51524fffdb0043010e0e",
+    "0e131113261515264f352d354f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f",
+    "4f4f4f4f4f4f4f4f4f4f4f4f4f4fffc20011080010001003012200021101031101ffc400170000030100000000000000",
+    "00000000000001020304ffc4001501010100000000000000000000000000000001ffda000c0301000210031000000168",
+    "e535ffc4001a100002020300000000000000000000000000030213011112ffda000801010001050263f641fc13c52457",
+    "71ffc4001811000203000000000000000000000000000102001113ffda0008010301013f01d4aad133ffc40019110001",
+    "0500000000000000000000000000120001032131ffda0008010201013f01288729d7ffc4001510010100000000000000",
+    "000000000000001051ffda0008010100063f0229ffc4001a100002020300000000000000000000000000210141113151",
+    "ffda0008010100013f21a3036b65f963bb07ffda000c030100020003000000107fffc400171100030100000000000000",
+    "00000000000000011131ffda0008010301013f1068e8ba7fffc400171101010101000000000000000000000000011100",
+    "31ffda0008010201013f106c0ae8efffc4001810010003010000000000000000000000000100112171ffda0008010100",
+    "013f10035772034c110767621b319fffd9",
+    ];
+
+    fn bytes(hex: &[&str]) -> Vec<u8> {
+        let hex: String = hex.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn first_scan(data: &[u8]) -> usize {
+        data.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap()
+    }
+
+    #[test]
+    fn valid_images_pass() {
+        for image in [bytes(BASELINE), bytes(PROGRESSIVE)] {
+            assert_eq!(check(&image, 8192), Ok((16, 16)));
+            assert_eq!(frame_size(&image, 16), Ok((16, 16)));
+        }
+    }
+
+    #[test]
+    fn every_cut_with_an_end_marker_appended_is_refused() {
+        for image in [bytes(BASELINE), bytes(PROGRESSIVE)] {
+            for cut in first_scan(&image)..image.len() - 2 {
+                let mut damaged = image[..cut].to_vec();
+                damaged.extend_from_slice(&[0xFF, 0xD9]);
+                assert!(check(&damaged, 8192).is_err(), "cut at {cut} passed");
+                assert!(
+                    check(&image[..cut], 8192).is_err(),
+                    "cut at {cut} without EOI passed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn left_over_scan_data_and_stray_bytes_are_refused() {
+        let image = bytes(BASELINE);
+        let end = image.len() - 2;
+        let extra = [&image[..end], &[0x12, 0x34], &image[end..]].concat();
+        assert!(check(&extra, 8192).unwrap_err().contains("left over"));
+        let at = first_scan(&image);
+        let stray = [&image[..at], &[0x00, 0x01], &image[at..]].concat();
+        assert!(check(&stray, 8192).unwrap_err().contains("garbage"));
+        assert!(check(b"\xFF\xD8\xFF\xD9", 8192).is_err());
+        assert!(check(b"GIF89a", 8192).unwrap_err().contains("not a JPEG"));
+    }
+
+    #[test]
+    fn sizes_are_bounded_before_any_scan() {
+        let mut image = bytes(BASELINE);
+        let sof = image.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        image[sof + 5..sof + 9].copy_from_slice(&[0x2E, 0xE0, 0x2E, 0xE0]); // 12000x12000
+        let err = check(&image, 8192).unwrap_err();
+        assert!(err.contains("12000x12000") && err.contains("8192"), "{err}");
+        assert!(frame_size(&bytes(BASELINE), 15).is_err());
+    }
+}
+
+#[cfg(test)]
 mod timing {
     /// CPU seconds of this thread (wall time is meaningless on a shared machine).
     fn cpu_seconds() -> f64 {
