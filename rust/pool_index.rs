@@ -12,8 +12,9 @@
 //! 0..C); larger ids go through a hash map. A call that may have to be reverted (an undoable
 //! one, or one with more labels than slots, which may overflow) journals what it changes.
 //!
-//! Memory follows what the index holds, not its capacity: slot records exist for used slots
-//! only, and every growth is reserved fallibly before a call changes anything, so a huge
+//! Memory follows what the index holds, not its capacity: slot records exist for the slots
+//! used so far plus those one call may fill, and every growth is reserved fallibly before a
+//! call changes anything, so a huge
 //! capacity (a hostile state dict) costs nothing until classes fill it, and a refused
 //! allocation is an error, never an abort.
 
@@ -160,6 +161,11 @@ struct SlotRecord {
     pos: u64,
 }
 
+const EMPTY_SLOT: SlotRecord = SlotRecord {
+    label: EMPTY_LABEL,
+    pos: NO_POS,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     /// The class was present and was touched again.
@@ -259,7 +265,7 @@ fn pop_lru(
 fn assign_loop<const JOURNALED: bool>(
     out: Outputs<'_>,
     labels: &[i64],
-    records: &mut Vec<SlotRecord>,
+    records: &mut [SlotRecord],
     queue: &mut Vec<u32>,
     front: &mut usize,
     base: u64,
@@ -277,7 +283,8 @@ fn assign_loop<const JOURNALED: bool>(
     // Same lengths as `labels`, stated so that the per-label writes need no bounds checks.
     let slots = &mut slots[..labels.len()];
     let hit = &mut hit[..labels.len()];
-    // The caller reserved room in `records`, `queue`, `evicted` and `journal` for this call.
+    // The caller made room in `records` (every slot this call may fill), `queue`, `evicted`
+    // and `journal`.
     for (i, &raw) in labels.iter().enumerate() {
         if let Some(&ahead) = labels.get(i + TABLE_PREFETCH_DISTANCE) {
             map.prefetch(ahead as u64);
@@ -306,8 +313,7 @@ fn assign_loop<const JOURNALED: bool>(
                     new_label: label,
                 });
             }
-            // Slots fill in order, so the new slot's record goes at the end.
-            records.push(SlotRecord { label, pos: NO_POS });
+            records[s as usize].label = label;
             map.insert(label, s);
             (s, false)
         } else {
@@ -342,8 +348,8 @@ fn assign_loop<const JOURNALED: bool>(
 pub struct ClassPoolIndex {
     capacity: u32,
     used: u32,
-    /// Records of the used slots `0..used` (slots fill lowest first and are never freed
-    /// except by undo, which frees the latest).
+    /// Records of slots `0..used` (slots fill lowest first and are only freed by undo, the
+    /// latest first), followed by empty records for slots a call may still fill.
     slots: Vec<SlotRecord>,
     /// Touch log: slot numbers in touch order; entries before `front` are spent.
     queue: Vec<u32>,
@@ -400,28 +406,32 @@ impl ClassPoolIndex {
     }
 
     fn check_labels(labels: &[i64]) -> Result<LabelScan> {
-        let mut scan = LabelScan {
-            max_dense: None,
-            sparse: 0,
-        };
-        let mut negative = false;
-        for &l in labels {
-            negative |= l < 0;
-            let id = l as u64;
-            if id < DENSE_LIMIT {
-                scan.max_dense = scan.max_dense.max(Some(id));
-            } else {
-                scan.sparse += 1;
-            }
-        }
-        if negative {
+        // Min and max in one pass the compiler vectorises; the rarer sparse ids cost a
+        // second pass only when present.
+        let (min, max) = labels
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+        if min < 0 {
             let pos = labels.iter().position(|&l| l < 0).unwrap_or(0);
             return Err(F2cError::InvalidInput(format!(
                 "class ids must be non-negative, got {} at position {pos}",
                 labels[pos]
             )));
         }
-        Ok(scan)
+        if labels.is_empty() || (max as u64) < DENSE_LIMIT {
+            return Ok(LabelScan {
+                max_dense: (!labels.is_empty()).then_some(max as u64),
+                sparse: 0,
+            });
+        }
+        let dense = labels.iter().filter(|&&l| (l as u64) < DENSE_LIMIT);
+        Ok(LabelScan {
+            max_dense: dense.map(|&l| l as u64).max(),
+            sparse: labels
+                .iter()
+                .filter(|&&l| (l as u64) >= DENSE_LIMIT)
+                .count(),
+        })
     }
 
     /// Room for everything one call of `n` labels may add, reserved before it changes
@@ -435,7 +445,12 @@ impl ClassPoolIndex {
     ) -> Result<()> {
         let what = || format!("ClassPoolIndex.assign of {n} labels");
         let fills = n.min((self.capacity - self.used) as usize);
-        try_reserve(&mut self.slots, fills, what)?;
+        let needed = self.used as usize + fills;
+        if self.slots.len() < needed {
+            let missing = needed - self.slots.len();
+            try_reserve(&mut self.slots, missing, what)?;
+            self.slots.resize(needed, EMPTY_SLOT);
+        }
         try_reserve(&mut self.queue, n, what)?;
         try_reserve(evicted, n, what)?;
         if journaled {
@@ -489,7 +504,7 @@ impl ClassPoolIndex {
                     // Fills are reverted latest first, so this is the last used slot.
                     debug_assert_eq!(e.slot + 1, self.used);
                     self.used -= 1;
-                    self.slots.pop();
+                    self.slots[e.slot as usize] = EMPTY_SLOT;
                     self.map.remove(e.new_label);
                 }
                 Op::Evict => {
@@ -680,13 +695,7 @@ impl ClassPoolIndex {
         try_reserve(&mut seen_slot, n, what)?;
         seen_slot.resize(n, false);
         try_reserve(&mut index.slots, n, what)?;
-        index.slots.resize(
-            n,
-            SlotRecord {
-                label: EMPTY_LABEL,
-                pos: NO_POS,
-            },
-        );
+        index.slots.resize(n, EMPTY_SLOT);
         try_reserve(&mut index.queue, n, what)?;
         if let Some(&k) = keys.iter().find(|&&k| k < 0) {
             return Err(F2cError::CorruptState(format!("negative class id {k}")));
@@ -862,9 +871,9 @@ mod tests {
         let mut idx = ClassPoolIndex::new(huge).unwrap();
         assert_eq!(idx.capacity(), huge);
         idx.assign(&[5, 9, 5], true).unwrap();
-        assert_eq!(idx.slots.len(), 2);
+        assert_eq!(idx.slots.len(), 3); // room for as many fills as labels
         idx.undo().unwrap();
-        assert_eq!((idx.len(), idx.slots.len()), (0, 0));
+        assert_eq!(idx.len(), 0);
         let copy = ClassPoolIndex::from_entries(huge, &[7, 3], &[1, 0]).unwrap();
         assert_eq!(copy.entries(), (vec![7, 3], vec![1, 0]));
         assert!(copy.slots.capacity() < 1024);
