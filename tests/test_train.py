@@ -226,6 +226,34 @@ def test_resume_into_a_different_pool_size_is_a_clear_error(
     assert "checkpoint's head does not fit" in message and "pool_size=12" in message
 
 
+
+@pytest.mark.parametrize("damage", ["wrong_shape", "negative_step", "no_config"])
+def test_resume_from_a_malformed_checkpoint_is_one_line_naming_it(
+    data: SyntheticDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    import torch
+
+    args = tiny_run_args(data, tmp_path, "--train.max_steps", "2", "--name", "bad")
+    assert main(args) == 0
+    path = tmp_path / "bad" / "checkpoint.pt"
+    state = load(path)
+    if damage == "wrong_shape":
+        key = next(k for k, v in state["probe"].items() if v.ndim == 4)
+        state["probe"][key] = state["probe"][key][:, :1].clone()
+        expected = key
+    elif damage == "negative_step":
+        state["global_step"] = -3
+        expected = "global_step"
+    else:
+        del state["config"]
+        expected = "config"
+    torch.save(state, path)
+    message = _error_of(capsys, ["--resume", str(path), "--train.max_steps", "4"])
+    assert str(path) in message and expected in message
+    errors = [line for line in message.splitlines() if "error" in line]
+    assert "Traceback" not in message and len(errors) == 1
+
+
 # ------------------------------------------------------------------------------ errors
 
 

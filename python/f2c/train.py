@@ -153,7 +153,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, bool]:
     config = resolve_config(
         load_config_file(path) if path else None,
         overrides,
-        base=load_checkpoint(resume_file)["config"] if resume_file else None,
+        base=load_checkpoint(resume_file, complete=True)["config"] if resume_file else None,
         base_source=f"{resume_file}: saved config",
         preset=DEFAULT_JOB,
         file_source=str(path) if path else "config",

@@ -85,10 +85,12 @@ class MissingNetError(ModelLoadError, KeyError):
 def load_file(path: Path) -> Mapping[str, Any]:
     """``torch.load(weights_only=True)`` on the CPU; an unreadable file or one that is not a
     dict is a ``ModelLoadError`` naming it."""
+    from f2c.training.checkpoint import CheckpointError, safe_load
+
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError
-        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        loaded = safe_load(path)
+    except CheckpointError as exc:  # missing, empty, truncated, or a pickle with code
+        raise ModelLoadError(str(exc)) from exc
     if not isinstance(loaded, Mapping):
         raise ModelLoadError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
     return loaded

@@ -34,6 +34,7 @@ from f2c.training.checkpoint import (
     atomic_save,
     capture_rng_state,
     restore_rng_state,
+    validate_checkpoint,
 )
 from f2c.training.errors import NonFiniteLossError, TrainingError
 from f2c.training.runtime import Runtime
@@ -413,8 +414,16 @@ class Trainer:
             for p, d in zip(params, saved, strict=True):
                 p.data = d
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint written by ``state_dict`` (any earlier world size)."""
+    def load_state_dict(self, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+        """Restore a checkpoint written by ``state_dict`` (any earlier world size).
+
+        The state is validated against this run's networks first, so a checkpoint of another
+        architecture or an edited one is one :class:`CheckpointError` naming ``path``.
+        """
+        validate_checkpoint(state, path, expected={
+            "probe": unwrap(self.nets.probe).state_dict(),
+            "gallery": self.nets.gallery.state_dict(),
+        })
         same_layout = (
             state["world_size"] == self.runtime.world_size
             and state["batch_size"] == self.batch_size

@@ -88,7 +88,10 @@ def run_training(
     """Train (or continue) the run of ``plan``; returns the summary (all ranks)."""
     started = time.perf_counter() if started is None else started
     run_dir = plan.run_dir
-    state = load_checkpoint(plan.resume_from) if plan.resume_from is not None else None
+    state = (
+        load_checkpoint(plan.resume_from, complete=True)
+        if plan.resume_from is not None else None
+    )
     if state is not None:
         config = keep_pool_size(config, state)
     if runtime.is_main:
@@ -107,7 +110,7 @@ def run_training(
     trainer = Trainer(config, runtime, db, run_dir)
     resumed_step: int | None = None
     if state is not None:
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, plan.resume_from or "checkpoint")
         resumed_step = trainer.global_step
         _say(runtime, f"resuming {run_dir} at step {trainer.global_step} (epoch {trainer.epoch})")
         if trainer.best_effort_resume:
