@@ -23,10 +23,22 @@ __all__ = [
     "add_debug_option",
     "debug_requested",
     "is_user_error",
+    "positive_int",
     "run_cli",
 ]
 
 DEBUG_ENV = "F2C_DEBUG"
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts and sizes: a whole number >= 1, else a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 # f2c's own user-facing errors that live in modules with heavy imports (torch). They are looked
 # up in sys.modules rather than imported: an exception of a class can only exist once its module

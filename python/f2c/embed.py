@@ -22,7 +22,7 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
-from f2c.cli import UserError, add_debug_option, run_cli
+from f2c.cli import UserError, add_debug_option, positive_int, run_cli
 from f2c.embedder import FaceEmbedder
 
 __all__ = ["IMAGE_SUFFIXES", "embed_folder", "list_images", "main"]
@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="features .npy (paths go to .txt)")
     p.add_argument("--net", choices=("probe", "gallery"), default="probe")
     p.add_argument("--model", help="backbone name, if the checkpoint does not record it")
-    p.add_argument("--embedding-size", type=int)
+    p.add_argument("--embedding-size", type=positive_int)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--flip", action="store_true", help="flip-sum test-time augmentation")
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--workers", type=positive_int, default=2, help="image decoding threads")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_debug_option(p)
     return p

@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from f2c.cli import UserError, add_debug_option, run_cli
+from f2c.cli import UserError, add_debug_option, positive_int, run_cli
 from f2c.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkOptions,
@@ -101,15 +101,6 @@ def _parse_benchmarks(items: Sequence[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
@@ -120,18 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=("probe", "gallery"), default="probe",
                    help="which network of the checkpoint to evaluate (default: probe)")
     p.add_argument("--model", help="backbone name, if the checkpoint does not record it")
-    p.add_argument("--embedding-size", type=_positive_int)
+    p.add_argument("--embedding-size", type=positive_int)
     p.add_argument("--name", help="model name in the results (default: <checkpoint stem>/<net>)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="disable flip-sum test-time augmentation")
-    p.add_argument("--image-size", type=_positive_int,
+    p.add_argument("--image-size", type=positive_int,
                    help="resize square crops to this size (default: the backbone's input size)")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="do not read or write <out>/features")
-    p.add_argument("--ranks", type=_positive_int, default=10, help="MegaFace CMC up to this rank")
-    p.add_argument("--tile", type=_positive_int, default=8192, help="MegaFace distractors per tile")
+    p.add_argument("--ranks", type=positive_int, default=10, help="MegaFace CMC up to this rank")
+    p.add_argument("--tile", type=positive_int, default=8192, help="MegaFace distractors per tile")
     p.add_argument("--ijb-normalize-images", "--ijbc-normalize-images",
                    dest="ijb_normalize_images", action="store_true",
                    help="L2-normalise IJB-B/C image features before pooling")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from f2c.cli import UserError, add_debug_option, run_cli
+from f2c.cli import UserError, add_debug_option, positive_int, run_cli
 from f2c.data.transforms import normalize
 from f2c.models import LoadedModel, ModelSpec, load_backbone
 
@@ -218,16 +218,8 @@ def export_onnx(
 
 
 def _batch_arg(text: str) -> int | None:
-    if text == "dynamic":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--batch: 'dynamic' or a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--batch must be positive, got {value}")
-    return value
+    """``--batch``: ``dynamic`` (None) or a fixed batch size."""
+    return None if text == "dynamic" else positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch dimension of the graph (default: dynamic)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--model", help="backbone name, if the checkpoint does not record it")
-    p.add_argument("--embedding-size", type=int)
+    p.add_argument("--embedding-size", type=positive_int)
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the onnxruntime parity check")
     add_debug_option(p)

@@ -196,7 +196,27 @@ def _pair_spec(lmdb: PathLike, kv: PathLike) -> LmdbSpec:
 # --------------------------------------------------------------------------- sources
 
 
-class LmdbSource:
+class _ReaderBacked:
+    """Image access through a Rust reader (``LmdbReader`` or ``RecordIOReader``): both take the
+    same rows and flips and give the same uint8 batches."""
+
+    reader: Any
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        height, width = self.reader.image_size
+        return int(height), int(width)
+
+    def read(
+        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.uint8]:
+        return self.reader.read(rows, flip=flip)
+
+    def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]:
+        return self.reader.read_bytes(rows)
+
+
+class LmdbSource(_ReaderBacked):
     """One or more (LMDB, kv file) pairs: a ``KvIndex`` (labels of later pairs offset past the
     earlier ones) and an ``LmdbReader`` opened on first read (per process after a fork)."""
 
@@ -259,21 +279,9 @@ class LmdbSource:
     def identity_rows(self) -> npt.NDArray[np.int64]:
         return np.asarray(self.index.identity_rows)
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        height, width = self.reader.image_size
-        return int(height), int(width)
-
-    def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
-    ) -> npt.NDArray[np.uint8]:
-        return self.reader.read(rows, flip=flip)
-
-    def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]:
-        return self.reader.read_bytes(rows)
 
 
-class RecordIOSource:
+class RecordIOSource(_ReaderBacked):
     """An insightface RecordIO pack read in place (``f2c.RecordIOReader``).
 
     The reader maps the ``.rec`` and parses the ``.idx`` (and header / identity records) when
@@ -331,18 +339,6 @@ class RecordIOSource:
     def identity_rows(self) -> npt.NDArray[np.int64]:
         return self.reader.identity_rows
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        height, width = self.reader.image_size
-        return int(height), int(width)
-
-    def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
-    ) -> npt.NDArray[np.uint8]:
-        return self.reader.read(rows, flip=flip)
-
-    def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]:
-        return self.reader.read_bytes(rows)
 
 
 class MixedSource:
