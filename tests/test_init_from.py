@@ -3,7 +3,6 @@ arcface_torch IResNet ``backbone.pth`` files (their parameter names mapped onto 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,13 +142,6 @@ def test_f2c_checkpoint_probe_or_gallery(tmp_path: Path) -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("init_from") / "tiny")
 
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:

@@ -6,12 +6,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from train_support import tiny_dataset, tiny_run_args
 
 from f2c.data.synthetic import SyntheticDataset
@@ -128,13 +126,6 @@ def test_rows_are_on_disk_when_the_process_is_killed(tmp_path: Path) -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("tensorboard") / "tiny")
 
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("tensorboard_installed", "one_thread")
