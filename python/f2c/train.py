@@ -34,7 +34,7 @@ from f2c.config import (
     resolve_config,
     type_name,
 )
-from f2c.training.checkpoint import load_checkpoint
+from f2c.training.checkpoint import CheckpointError, load_checkpoint
 from f2c.training.default_job import DEFAULT_JOB, prepare_synthetic
 from f2c.training.run import RunPlan, plan_run, print_summary, run_training
 from f2c.training.runtime import Runtime, init_runtime, shutdown_runtime
@@ -153,12 +153,23 @@ def build_config(args: argparse.Namespace) -> tuple[Config, bool]:
     config = resolve_config(
         load_config_file(path) if path else None,
         overrides,
-        base=load_checkpoint(resume_file, complete=True)["config"] if resume_file else None,
+        base=_saved_config(resume_file) if resume_file else None,
         base_source=f"{resume_file}: saved config",
         preset=DEFAULT_JOB,
         file_source=str(path) if path else "config",
     )
     return config, config.train.name is None
+
+
+def _saved_config(checkpoint: str) -> Any:
+    """The config a checkpoint was trained with (the base of a resumed run's config). The rest
+    of the checkpoint is validated when the run loads it."""
+    state = load_checkpoint(checkpoint)
+    if "config" not in state:
+        raise CheckpointError(
+            f"{checkpoint}: no 'config' section (an incomplete or foreign checkpoint)"
+        )
+    return state["config"]
 
 
 def _checkpoint_file(resume: str) -> str:
