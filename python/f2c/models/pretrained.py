@@ -28,6 +28,7 @@ from torch import nn
 from f2c.cli import UserError
 from f2c.models.iresnet import IResNet
 from f2c.models.spec import ModelSpec
+from f2c.training.checkpoint import CheckpointError, safe_load
 
 __all__ = [
     "MissingNetError",
@@ -85,8 +86,6 @@ class MissingNetError(ModelLoadError, KeyError):
 def load_file(path: Path) -> Mapping[str, Any]:
     """``torch.load(weights_only=True)`` on the CPU; an unreadable file or one that is not a
     dict is a ``ModelLoadError`` naming it."""
-    from f2c.training.checkpoint import CheckpointError, safe_load
-
     try:
         loaded = safe_load(path)
     except CheckpointError as exc:  # missing, empty, truncated, or a pickle with code
