@@ -7,6 +7,7 @@ pub mod error;
 pub mod jpeg;
 pub mod kv_index;
 pub mod lmdb_reader;
+pub mod lmdb_writer;
 pub mod parallel;
 pub mod pool_index;
 pub mod recordio;
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bindings::data::PyLmdbReader>()?;
     m.add_function(wrap_pyfunction!(bindings::data::validate_jpeg, m)?)?;
     m.add_class::<bindings::recordio::PyRecordIoReader>()?;
+    m.add_class::<bindings::writer::PyLmdbWriter>()?;
     Ok(())
 }

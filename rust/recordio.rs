@@ -1011,6 +1011,49 @@ impl RecordIoReader {
     }
 
     /// Calls `f(row, image bytes)` for each checked row, in order.
+    /// Asks the kernel to read ahead the bytes of checked `rows` (one range from the first
+    /// record to the end of the last), without waiting. For reads in file order (a copy of the
+    /// whole pack): the map is otherwise advised for random access, where each page missing
+    /// from the cache costs one small disk read.
+    pub fn prefetch(&self, rows: &[usize]) {
+        let offsets = rows.iter().map(|&row| self.offset(row) as usize);
+        let (Some(first), Some(last)) = (offsets.clone().min(), offsets.max()) else {
+            return;
+        };
+        // The last record's own length, from its part header (at most a few MB when whole).
+        let tail = self.map.get(last + 4..last + 8).map_or(0, |b| {
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & LENGTH_MASK) as usize
+        });
+        let end = (last + 8 + tail).min(self.map.len());
+        let _ = self.map.advise_range(Advice::WillNeed, first, end - first);
+    }
+
+    /// Calls `f` with a checked row's image once it is known to be a JPEG whose frame header
+    /// says it is `size` (height, width) (the first image's size when `None`); errors name the
+    /// record. No entropy-coded data is read: [`Self::read_into`] checks that.
+    pub fn with_jpeg<T>(
+        &self,
+        row: usize,
+        size: Option<(usize, usize)>,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        let want = match size {
+            Some(size) => size,
+            None => self.image_size()?,
+        };
+        self.with_image(row, |image| {
+            let jpeg = jpeg_image(image)?;
+            let got = jpeg::jpeg_header_size(jpeg, jpeg::MAX_SIDE)?;
+            if got != want {
+                return Err(format!(
+                    "image is {}x{} (HxW) but the pack's first image is {}x{}",
+                    got.0, got.1, want.0, want.1
+                ));
+            }
+            Ok(f(jpeg))
+        })
+    }
+
     pub fn for_each_image(&self, rows: &[usize], mut f: impl FnMut(usize, &[u8])) -> Result<()> {
         for &row in rows {
             self.with_image(row, |image| {

@@ -129,6 +129,25 @@ class RecordIOReader:
         self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
     ) -> npt.NDArray[np.uint8]: ...
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...  # image bytes as stored
+    def prefetch(self, rows: npt.ArrayLike) -> None: ...  # read ahead (copies in file order)
+
+class LmdbWriter:
+    """Writes a new LMDB environment (the folder ``path``) in batches: one write transaction
+    per call, all records or none (``ValueError`` naming the refused key: a duplicate, or with
+    ``append`` one not after the last). The map grows on demand from ``initial_map_size``.
+    Commits do not sync; ``close`` syncs once (the caller publishes the folder only after)."""
+
+    def __init__(
+        self, path: _Path, initial_map_size: int = 1 << 30, append: bool = False
+    ) -> None: ...
+    @property
+    def count(self) -> int: ...  # records written
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> int: ...
+    def put_recordio(
+        self, reader: RecordIOReader, rows: npt.ArrayLike, key_width: int
+    ) -> bytes: ...  # the rows' kv lines, ``key label\n`` (keys: record index, zero-padded)
+    def close(self) -> None: ...  # syncs, then closes (idempotent)
+    def abort(self) -> None: ...  # closes without syncing (idempotent)
 
 def validate_jpeg(data: bytes, max_side: int = 8192) -> tuple[int, int]:
     """``(height, width)`` of a complete, uncorrupted JPEG with no side above ``max_side``

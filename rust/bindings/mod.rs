@@ -4,6 +4,7 @@
 pub mod data;
 pub mod pool;
 pub mod recordio;
+pub mod writer;
 
 use pyo3::exceptions::{
     PyIndexError, PyKeyError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError,

@@ -34,6 +34,18 @@ pub struct PyRecordIoReader {
     identity_rows: Py<PyArray1<i64>>,
 }
 
+impl PyRecordIoReader {
+    /// The pure-Rust reader (for the LMDB writer's RecordIO copy).
+    pub(super) fn inner(&self) -> &RecordIoReader {
+        &self.inner
+    }
+
+    /// The labels of the rows (moved out of the pure-Rust reader into this array at open).
+    pub(super) fn labels_array(&self) -> &Py<PyArray1<i64>> {
+        &self.labels
+    }
+}
+
 #[pymethods]
 impl PyRecordIoReader {
     #[new]
@@ -174,6 +186,13 @@ impl PyRecordIoReader {
         read_batch(py, rows.len(), size, |out| {
             self.inner.read_into(&rows, &flips, out)
         })
+    }
+
+    /// Asks the kernel to read the records of `rows` ahead (for reads in file order).
+    fn prefetch(&self, rows: &Bound<'_, PyAny>) -> PyResult<()> {
+        let rows = checked_rows(&self.inner, rows)?;
+        self.inner.prefetch(&rows);
+        Ok(())
     }
 
     /// The image bytes (after the IRHeader and its labels) of each row, as stored.
