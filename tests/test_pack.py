@@ -309,9 +309,31 @@ def test_recordio_bad_records_stop_or_are_skipped(tmp_path: Path) -> None:
     assert result.num_images == 2 and [k for k, _ in result.skipped] == ["2", "4"]
     report = (tmp_path / "db" / "skipped.tsv").read_text().splitlines()
     assert report[1].startswith("2\t") and "PNG" in report[1]
-    # Without verification the bytes are copied (structure and labels still checked).
-    unchecked = pack_recordio(rec, tmp_path / "raw", verify=False, progress=False)
-    assert unchecked.num_images == 4
+    # Without verification the record structure, labels and each JPEG's headers are still
+    # checked (a PNG or a header-less JPEG is refused), but not the entropy-coded data.
+    with pytest.raises(BadImageError, match=rf"record 2 at byte {offsets[2]}: .*PNG"):
+        pack_recordio(rec, tmp_path / "raw", verify=False, progress=False)
+    unchecked = pack_recordio(rec, tmp_path / "raw", verify=False, skip_bad=True, progress=False)
+    assert [k for k, _ in unchecked.skipped] == ["2", "4"]
+    cut = good[: len(good) // 2] + b"\xff\xd9"  # frame header intact, scan data cut short
+    rec_cut = tmp_path / "cut.rec"
+    write_pack(rec_cut, insightface_payloads([[good, cut]]))
+    assert pack_recordio(rec_cut, tmp_path / "cut", verify=False, progress=False).num_images == 2
+    with pytest.raises(BadImageError, match="record 2 at byte .*corrupt JPEG"):
+        pack_recordio(rec_cut, tmp_path / "cut-verified", progress=False)
+
+
+def test_recordio_pack_refuses_images_of_another_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    rec = tmp_path / "mixed.rec"
+    offsets = write_pack(
+        rec, insightface_payloads([[smooth_jpeg(rng, 40)], [smooth_jpeg(rng, 48)]])
+    )
+    for verify in (False, True):
+        with pytest.raises(BadImageError, match=rf"record 2 at byte {offsets[2]}: .*48x48"):
+            pack_recordio(rec, tmp_path / f"db-{verify}", verify=verify, progress=False)
+    result = pack_recordio(rec, tmp_path / "db", verify=False, skip_bad=True, progress=False)
+    assert result.num_images == 1 and [k for k, _ in result.skipped] == ["2"]
 
 
 def test_cli_packs_a_rec_and_its_folder(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ re-encoded.
 Every JPEG stored is first checked with the reader's own strict decoder (``validate_jpeg``): a
 truncated or corrupt JPEG, or a header claiming more than ``max_side`` pixels per side, is a bad
 image (an error naming it, or skipped and listed with ``--skip-bad``). ``--no-verify`` copies a
-RecordIO pack's bytes at disk speed, checking only its record structure and labels.
+RecordIO pack's bytes at disk speed, checking its record structure, labels and JPEG headers
+(not the entropy-coded data).
 
 The db folder is built under a temporary name and renamed when complete (``f2c.data.db``); a
 leftover staging folder never opens as a db and is removed by the next pack of the same output.
@@ -37,7 +38,7 @@ import io
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,16 +483,17 @@ def pack_recordio(
 
     Keys are the record indices, zero-padded to one width (so LMDB appends them in order);
     identity names in ``labels.tsv`` are the class ids. With ``verify`` every image is decoded
-    by the reader's strict decoder first (in parallel); without, only the record structure and
-    labels are checked. Bad records stop the pack with an error naming the record, or are
-    skipped and listed with ``skip_bad``.
+    by the reader's strict decoder first (in parallel); without, the record structure, the
+    labels and each JPEG's headers (a JPEG of the pack's image size) are checked, not its
+    entropy-coded data. The bytes are copied by the Rust core, without passing through Python.
+    Bad records stop the pack with an error naming the record, or are skipped and listed with
+    ``skip_bad``.
     """
     reader = RecordIOReader(rec, idx, num_threads, label_source)
     rows_total = len(reader)
     keys = reader.keys()
     width = len(str(int(keys.max())))
     ascending = bool(np.all(np.diff(keys) > 0))
-    labels = np.asarray(reader.labels)
     names = [str(c) for c in range(reader.num_classes)]
     skipped: list[tuple[str, str]] = []
     with staging_dir(out, overwrite=overwrite) as tmp:
@@ -499,24 +501,24 @@ def pack_recordio(
             bar = tqdm(total=rows_total, unit="img", disable=not progress, desc="pack")
             starts = range(0, rows_total, batch)
 
-            def fetch(start: int) -> list[tuple[int, bytes]]:
+            def decoded(start: int) -> np.ndarray:
+                """The rows of the batch at ``start`` whose images decode (all of them
+                without ``verify``)."""
                 rows = np.arange(start, min(start + batch, rows_total), dtype=np.int64)
-                return _checked_records(reader, rows, verify, skip_bad, skipped)
+                reader.prefetch(rows)  # from disk in order, not page by page
+                if not verify:
+                    return rows
+                return _passing(reader, rows, reader.read, skip_bad, skipped)
 
-            # One thread reads (and decodes) the next batch while this one writes the last:
-            # the reader and LMDB's commit both run without the GIL.
+            # One thread prefetches (and with ``verify`` decodes) the next batch while this one
+            # copies the last: the reader's decode and the LMDB copy both run without the GIL.
             with bar, ThreadPoolExecutor(max_workers=1) as ahead:
-                pending = ahead.submit(fetch, starts[0])
+                pending = ahead.submit(decoded, starts[0])
                 for i in range(len(starts)):
-                    good = pending.result()
+                    rows = pending.result()
                     if i + 1 < len(starts):
-                        pending = ahead.submit(fetch, starts[i + 1])
-                    kept = [row for row, _ in good]
-                    writer.add_many(
-                        [f"{k:0{width}d}" for k in keys[kept].tolist()],
-                        labels[kept].tolist(),
-                        [value for _, value in good],
-                    )
+                        pending = ahead.submit(decoded, starts[i + 1])
+                    _copy_records(writer, reader, rows, width, skip_bad, skipped)
                     bar.update(min(batch, rows_total - starts[i]))
             if writer.count == 0:
                 raise BadImageError(f"every record of {rec} was unusable")
@@ -526,35 +528,57 @@ def pack_recordio(
     return _result(Path(out), count, reader.num_classes, skipped, skip_bad, [])
 
 
-def _checked_records(
+def _passing(
     reader: RecordIOReader,
     rows: np.ndarray,
-    verify: bool,
+    check: Callable[[np.ndarray], object],
     skip_bad: bool,
     skipped: list[tuple[str, str]],
-) -> list[tuple[int, bytes]]:
-    """(row, image bytes) of ``rows`` that pass; with ``skip_bad`` the others go to
-    ``skipped``, without it the first raises ``BadImageError`` (its message names the
-    record)."""
+) -> np.ndarray:
+    """``rows`` that ``check`` accepts. A refused batch raises ``BadImageError`` (its message
+    names the record) or, with ``skip_bad``, is checked row by row, the refused ones going to
+    ``skipped``."""
     try:
-        values = reader.read_bytes(rows)
-        if verify:
-            reader.read(rows)  # the reader's own decode: strict, parallel, GIL released
-        return list(zip(rows.tolist(), values, strict=True))
+        check(rows)
+        return rows
     except ValueError as exc:
         if not skip_bad:
             raise BadImageError(str(exc)) from None
     good = []
     for row in rows.tolist():
         try:
-            value = reader.read_bytes([row])[0]
-            if verify:
-                reader.read([row])
+            check(np.array([row], dtype=np.int64))
         except ValueError as exc:
             skipped.append((str(reader.key(row)), str(exc)))
             continue
-        good.append((row, value))
-    return good
+        good.append(row)
+    return np.asarray(good, dtype=np.int64)
+
+
+def _copy_records(
+    writer: TrainingDbWriter,
+    reader: RecordIOReader,
+    rows: np.ndarray,
+    width: int,
+    skip_bad: bool,
+    skipped: list[tuple[str, str]],
+) -> None:
+    """Copies ``rows`` into the db; a record that is not a JPEG of the pack's image size is an
+    error or, with ``skip_bad``, skipped (its batch is then copied without it)."""
+    if len(rows) == 0:
+        return
+    try:
+        writer.add_recordio(reader, rows, width)
+        return
+    except ValueError as exc:
+        if not skip_bad:
+            raise BadImageError(str(exc)) from None
+    # The batch's transaction was aborted: copy its records one by one, skipping the bad.
+    for row in rows.tolist():
+        try:
+            writer.add_recordio(reader, np.array([row], dtype=np.int64), width)
+        except ValueError as exc:
+            skipped.append((str(reader.key(row)), str(exc)))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -618,8 +642,8 @@ def _pack(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-verify", action="store_true",
-        help="RecordIO: copy the JPEG bytes without decoding them first (disk speed; images "
-        "are then checked only when training reads them)",
+        help="RecordIO: copy the JPEG bytes without decoding them first (disk speed; headers "
+        "are checked, the image data only when training reads it)",
     )
     parser.add_argument(
         "--label-source", choices=("auto", "records"), default="auto",

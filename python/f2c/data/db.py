@@ -25,9 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lmdb
+import numpy as np
 
-from f2c._native import KvIndex, LmdbReader
+from f2c._native import KvIndex, LmdbReader, LmdbWriter, RecordIOReader
 
 __all__ = [
     "KV_NAME",
@@ -139,11 +139,12 @@ def read_label_map(path: str | os.PathLike[str]) -> dict[str, int]:
 class TrainingDbWriter:
     """Writes records into a db folder (LMDB + kv + label map), committing in batches.
 
-    The LMDB map grows on demand, so no size has to be guessed up front. With ``append`` the
-    keys arrive in increasing byte order and LMDB appends them (no B-tree search, full pages);
-    a key out of order is then an error. Commits do not wait for the disk: :meth:`close` syncs
-    everything once (a writer that dies before it leaves only a staging folder, which is
-    discarded). Use as a context manager; :meth:`close` also writes the label map.
+    The LMDB part is written by the Rust core (:class:`f2c._native.LmdbWriter`): the map grows
+    on demand, so no size has to be guessed up front. With ``append`` the keys arrive in
+    increasing byte order and LMDB appends them (no B-tree search, full pages); a key out of
+    order is then an error. Commits do not wait for the disk: :meth:`close` syncs everything
+    once (a writer that dies before it leaves only a staging folder, which is discarded). Use
+    as a context manager; :meth:`close` also writes the label map.
     """
 
     def __init__(
@@ -161,30 +162,16 @@ class TrainingDbWriter:
             if not name or "\t" in name or "\n" in name or "\r" in name:
                 raise ValueError(f"identity name {name!r} cannot be stored in {LABELS_NAME}")
         self.identity_names = list(identity_names)
-        self._env = lmdb.open(
-            os.fspath(self.layout.lmdb_path),
-            map_size=initial_map_size,
-            subdir=True,
-            meminit=False,
-            sync=False,
-            writemap=False,
-        )
+        self._lmdb = LmdbWriter(self.layout.lmdb_path, initial_map_size, append)
         self._kv = open(self.layout.kv_path, "w", encoding="utf-8", newline="\n")
-        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending_keys: list[bytes] = []
+        self._pending_values: list[bytes] = []
         self._commit_every = commit_every
-        self._append = append
         self.count = 0
         self._closed = False
 
     def add(self, key: str, label: int, value: bytes) -> None:
-        raw = validate_key(key)
-        if not 0 <= label < len(self.identity_names):
-            raise ValueError(f"label {label} outside 0..{len(self.identity_names) - 1}")
-        self._pending.append((raw, value))
-        self._kv.write(f"{key} {label}\n")
-        self.count += 1
-        if len(self._pending) >= self._commit_every:
-            self._flush()
+        self.add_many([key], [label], [value])
 
     def add_many(self, keys: Sequence[str], labels: Sequence[int], values: Sequence[bytes]) -> None:
         """:meth:`add` for many records at once (the same checks, less per-record work)."""
@@ -197,48 +184,36 @@ class TrainingDbWriter:
         if labels and not all(0 <= label < top for label in labels):
             bad = next(label for label in labels if not 0 <= label < top)
             raise ValueError(f"label {bad} outside 0..{top - 1}")
-        self._pending.extend(zip(raw, values, strict=True))
+        self._pending_keys.extend(raw)
+        self._pending_values.extend(values)
         self._kv.write("".join(f"{k} {label}\n" for k, label in zip(keys, labels, strict=True)))
         self.count += len(keys)
-        if len(self._pending) >= self._commit_every:
+        if len(self._pending_keys) >= self._commit_every:
             self._flush()
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    _, added = txn.cursor().putmulti(
-                        self._pending, overwrite=False, append=self._append
-                    )
-                    if added != len(self._pending):
-                        raise ValueError(self._first_refused(txn))
-                break
-            except lmdb.MapFullError:
-                # The transaction was aborted; grow the map and write the batch again.
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
-        self._pending.clear()
+    def add_recordio(self, reader: RecordIOReader, rows: np.ndarray, key_width: int) -> None:
+        """Copies the JPEG bytes of ``rows`` of a RecordIO pack as they are, keyed by their
+        record index zero-padded to ``key_width`` digits, labelled with the reader's labels.
 
-    def _first_refused(self, txn: lmdb.Transaction) -> str:
-        """Why a batch did not go in whole: the first key stored twice, or out of order."""
-        seen: set[bytes] = set()
-        previous = b""
-        for key, _ in self._pending:
-            if key in seen:
-                return f"duplicate record key {key.decode('utf-8')!r}"
-            if self._append and key <= previous:
-                return (
-                    f"record key {key.decode('utf-8')!r} is not after {previous.decode('utf-8')!r}"
-                    " (keys must increase when appending)"
-                )
-            seen.add(key)
-            previous = key
-        with self._env.begin() as committed:
-            for key, _ in self._pending:
-                if committed.get(key) is not None:
-                    return f"duplicate record key {key.decode('utf-8')!r}"
-        return "LMDB refused part of a batch"
+        One transaction: all of ``rows`` or, when one is not a JPEG of the pack's image size
+        (``ValueError`` naming the record), none. The entropy-coded data is not checked here.
+        """
+        self._flush()
+        if len(self.identity_names) < reader.num_classes:
+            raise ValueError(
+                f"{reader.num_classes} classes in the pack but {len(self.identity_names)} "
+                "identity names"
+            )
+        lines = self._lmdb.put_recordio(reader, rows, key_width)
+        self._kv.write(lines.decode("ascii"))
+        self.count += len(rows)
+
+    def _flush(self) -> None:
+        if not self._pending_keys:
+            return
+        keys, values = self._pending_keys, self._pending_values
+        self._pending_keys, self._pending_values = [], []
+        self._lmdb.put_many(keys, values)
 
     def close(self) -> None:
         if self._closed:
@@ -246,12 +221,12 @@ class TrainingDbWriter:
         self._closed = True
         try:
             self._flush()
-            self._env.sync(True)
+            self._lmdb.close()  # syncs the environment
             # Durable before the staging folder is renamed into place.
             self._kv.flush()
             os.fsync(self._kv.fileno())
         finally:
-            self._env.close()
+            self._lmdb.abort()  # a no-op once closed
             self._kv.close()
         with open(self.layout.labels_path, "w", encoding="utf-8", newline="\n") as f:
             for label, name in enumerate(self.identity_names):
@@ -263,7 +238,7 @@ class TrainingDbWriter:
         """Closes the files without finishing the label map (the folder is then discarded)."""
         if not self._closed:
             self._closed = True
-            self._env.close()
+            self._lmdb.abort()
             self._kv.close()
 
     def __enter__(self) -> TrainingDbWriter:
