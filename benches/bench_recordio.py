@@ -11,7 +11,8 @@ By default each runs once on a small pack (smoke); ``-m slow`` runs the figures 
 Read: batches of 256 random rows with random flips, the same rows for both readers, the two
 readers measured alternately (robust to other load on a shared machine); ``extra_info`` holds
 img/s of wall time per reader and their ratio. Conversion: MB/s of the ``.rec`` size, page
-cache warm for all; the copy is also timed with an fsync, as ``pack`` syncs its output.
+cache warm for all; the copy is also timed with an fsync, as ``pack`` syncs its output. With
+root, ``-m slow`` also runs the conversion from a cold page cache (the ``.rec`` read from disk).
 """
 
 from __future__ import annotations
@@ -217,7 +218,19 @@ def _copy_synced(src: Path, dst: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _pack_bench(benchmark: Any, rec: Path, out: Path, rounds: int) -> None:
+def _drop_page_cache() -> None:
+    os.sync()
+    with open(DROP_CACHES, "w") as f:
+        f.write("3\n")
+
+
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+can_drop_cache = os.access(DROP_CACHES, os.W_OK)
+
+
+def _pack_bench(benchmark: Any, rec: Path, out: Path, rounds: int, cold: bool = False) -> None:
+    """MB/s of each way of copying ``rec``; ``cold`` drops the page cache before every run
+    (the ``.rec`` is then read from disk), else the cache is warm."""
     size_mb = rec.stat().st_size / 2**20
     runs: dict[str, Callable[[Path], Any]] = {
         "copyfile": lambda dst: shutil.copyfile(rec, dst / "copy.rec"),
@@ -233,6 +246,8 @@ def _pack_bench(benchmark: Any, rec: Path, out: Path, rounds: int) -> None:
         for name, run in runs.items():
             dst = out / f"{next(counter)}"
             dst.mkdir(parents=True)
+            if cold:
+                _drop_page_cache()
             start = time.perf_counter()
             run(dst)
             times[name].append(time.perf_counter() - start)
@@ -242,8 +257,10 @@ def _pack_bench(benchmark: Any, rec: Path, out: Path, rounds: int) -> None:
     rates = {name: size_mb / float(np.median(t)) for name, t in times.items()}
     benchmark.extra_info.update({f"{k}_mb_per_s": round(v, 1) for k, v in rates.items()})
     benchmark.extra_info["rec_mb"] = round(size_mb, 1)
+    benchmark.extra_info["cache"] = "cold" if cold else "warm"
     for name in ("pack --no-verify", "pack"):
-        benchmark.extra_info[f"{name} / copyfile"] = round(rates[name] / rates["copyfile"], 3)
+        for base in ("copyfile", "copyfile+fsync"):
+            benchmark.extra_info[f"{name} / {base}"] = round(rates[name] / rates[base], 3)
 
 
 @pytest.mark.benchmark(group="pack: .rec -> lmdb vs copyfile")
@@ -256,3 +273,11 @@ def bench_pack_small(benchmark: Any, small_pack: tuple[Path, Path], tmp_path: Pa
 def bench_pack_moderate(benchmark: Any, moderate_pack: tuple[Path, Path],
                         tmp_path: Path) -> None:
     _pack_bench(benchmark, moderate_pack[0], tmp_path, rounds=3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_drop_cache, reason=f"needs write access to {DROP_CACHES} (root)")
+@pytest.mark.benchmark(group="pack: .rec -> lmdb vs copyfile, cold cache")
+def bench_pack_moderate_cold(benchmark: Any, moderate_pack: tuple[Path, Path],
+                             tmp_path: Path) -> None:
+    _pack_bench(benchmark, moderate_pack[0], tmp_path, rounds=3, cold=True)
