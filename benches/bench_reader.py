@@ -27,7 +27,8 @@ from PIL import Image
 
 import f2c
 from f2c.data import synthetic
-from f2c.data.db import TrainingDbWriter, open_db
+from f2c.data.db import TrainingDbWriter
+from f2c.data.sources import LmdbSource, open_training_source
 
 BATCH = 256
 BATCHES_PER_CALL = 2
@@ -72,7 +73,9 @@ def batches(count: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 class F2cPath:
     def __init__(self, folder: Path, threads: int) -> None:
-        self.index, self.reader = open_db(folder, num_threads=threads)
+        source = open_training_source(folder, num_threads=threads)
+        assert isinstance(source, LmdbSource)
+        self.index, self.reader = source.index, source.reader
 
     def __call__(self, rows: np.ndarray, flips: np.ndarray) -> Any:
         return self.reader.read(rows, flip=flips)

@@ -242,16 +242,3 @@ def test_staging_folders_never_open(data: SyntheticDataset, tmp_path: Path) -> N
         open_training_source((marked / "train.lmdb", marked / "train.kv"))
     (marked / STAGING_MARKER).unlink()
     assert len(open_training_source(marked)) == len(open_training_source(data.root))
-
-
-def test_deprecated_names_still_open_lmdb(data: SyntheticDataset) -> None:
-    from f2c.data.db import open_db
-    from f2c.data.loaders import TrainingDb
-
-    with pytest.warns(DeprecationWarning):
-        old = TrainingDb([data.lmdb_path], [data.kv_path])
-    with pytest.warns(DeprecationWarning):
-        index, _ = open_db(data.root)
-    assert np.array_equal(old.labels, index.labels)
-    again = pickle.loads(pickle.dumps(old))
-    assert np.array_equal(again.read([0, 1]), old.read([0, 1]))

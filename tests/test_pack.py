@@ -62,7 +62,7 @@ def reference_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def open_db(root: Path) -> tuple[f2c.KvIndex, f2c.LmdbReader]:
+def lmdb_parts(root: Path) -> tuple[f2c.KvIndex, f2c.LmdbReader]:
     source = open_training_source(root)
     assert isinstance(source, LmdbSource)
     return source.index, source.reader
@@ -74,7 +74,7 @@ def test_round_trip(tmp_path: Path) -> None:
     result = pack_image_folder(tmp_path / "faces", tmp_path / "db", size=SIZE, progress=False)
     assert result.num_classes == 3 and result.num_images == 7
     assert read_label_map(result.labels_path) == {"Mia": 0, "adam": 1, "zoe": 2}
-    index, reader = open_db(tmp_path / "db")
+    index, reader = lmdb_parts(tmp_path / "db")
     keys = [index.key(r).decode() for r in range(len(index))]
     assert keys == ["Mia/0.png", "adam/0.png", "adam/1.png", "adam/2.png", "adam/z_ready.jpg",
                     "zoe/0.png", "zoe/1.png"]
@@ -97,8 +97,8 @@ def test_same_db_with_workers(tmp_path: Path) -> None:
     pack_image_folder(
         tmp_path / "faces", tmp_path / "two", size=SIZE, workers=2, progress=False
     )
-    _, a = open_db(tmp_path / "one")
-    _, b = open_db(tmp_path / "two")
+    _, a = lmdb_parts(tmp_path / "one")
+    _, b = lmdb_parts(tmp_path / "two")
     rows = np.arange(7)
     assert a.read_bytes(rows) == b.read_bytes(rows)
     kv_one, kv_two = (tmp_path / name / "train.kv" for name in ("one", "two"))
@@ -216,7 +216,7 @@ def test_pack_with_landmarks(tmp_path: Path) -> None:
         root, tmp_path / "db", size=112, landmarks=marks, skip_bad=True, progress=False
     )
     assert result.num_images == 1 and result.skipped[0][0] == "a/1.png"
-    _, reader = open_db(tmp_path / "db")
+    _, reader = lmdb_parts(tmp_path / "db")
     crop = reader.read([0])[0]
     for i, (x, y) in enumerate(template(112)):
         assert crop[int(round(y)), int(round(x)), i % 3] > 100  # a dot is on each point
@@ -270,7 +270,7 @@ def test_recordio_to_lmdb_keeps_bytes_and_pixels(tmp_path: Path) -> None:
     rec, images = _rec_faces(tmp_path / "ms1m", np.random.default_rng(10))
     result = pack_recordio(rec, tmp_path / "db", progress=False)
     assert (result.num_images, result.num_classes) == (6, 3)
-    index, reader = open_db(tmp_path / "db")
+    index, reader = lmdb_parts(tmp_path / "db")
     assert [index.key(r) for r in range(6)] == [b"1", b"2", b"3", b"4", b"5", b"6"]
     assert index.labels.tolist() == [0, 0, 0, 1, 2, 2]
     assert read_label_map(result.labels_path) == {"0": 0, "1": 1, "2": 2}
@@ -342,7 +342,7 @@ def test_cli_packs_a_rec_and_its_folder(tmp_path: Path) -> None:
     assert pack_module.main([str(rec.parent), str(tmp_path / "b"), "--no-progress",
                              "--no-verify"]) == 0
     for name in ("a", "b"):
-        _, reader = open_db(tmp_path / name)
+        _, reader = lmdb_parts(tmp_path / name)
         assert reader.read_bytes(np.arange(6)) == images
     assert pack_module.main([str(rec), str(tmp_path / "faces"), str(tmp_path / "c")]) == 2
 
@@ -366,7 +366,7 @@ def test_webface_splits_under_one_root(tmp_path: Path) -> None:
     assert read_label_map(result.labels_path) == {"0/m.a": 0, "0/m.b": 1, "1/m.a": 2, "1/m.c": 3}
     assert result.num_images == 8
     assert any("m.a in 0, 1" in note for note in result.notes)
-    index, _ = open_db(tmp_path / "db")
+    index, _ = lmdb_parts(tmp_path / "db")
     assert index.key(0) == b"0/m.a/0.jpg" and index.key(7) == b"1/m.c/1.jpg"
     # Forcing the flat layout makes the split folders the identities (no images directly).
     with pytest.raises(ValueError, match="no images"):
@@ -380,7 +380,7 @@ def test_several_roots_are_splits(tmp_path: Path) -> None:
     assert pack_module.main([str(tmp_path / "part_a"), str(tmp_path / "part_b"),
                              str(tmp_path / "db"), "--size", str(SIZE), "--no-progress"]) == 0
     assert read_label_map(tmp_path / "db" / "labels.tsv") == {"part_a/x": 0, "part_b/x": 1}
-    index, _ = open_db(tmp_path / "db")
+    index, _ = lmdb_parts(tmp_path / "db")
     assert index.labels.tolist() == [0, 0, 1, 1, 1]
     (tmp_path / "other").mkdir()
     _identity(tmp_path / "other" / "part_a" / "y", rng)

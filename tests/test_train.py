@@ -23,7 +23,7 @@ from train_support import (
 
 import f2c.training.step as step_module
 from f2c.config import config_from_dict
-from f2c.data.loaders import TrainingDb
+from f2c.data.sources import open_training_source
 from f2c.data.synthetic import SyntheticDataset
 from f2c.train import build_config, build_parser, main
 from f2c.training.checkpoint import atomic_save
@@ -165,7 +165,7 @@ def test_two_process_gloo_run_and_resume_on_one_process(
     # stored whole and re-sharded (here: into one shard).
     config, _ = build_config(build_parser().parse_args(["--resume", str(tmp_path / "ddp")]))
     runtime = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    db = TrainingDb([data.lmdb_path], [data.kv_path])
+    db = open_training_source(data.root)
     trainer = Trainer(config, runtime, db, tmp_path / "ddp")
     trainer.load_state_dict(ckpt)
     assert_same_state(trainer.head.full_state_dict(), ckpt["head"])
@@ -279,7 +279,7 @@ def test_pool_too_small_names_the_minimum(
 
 def test_more_ranks_than_identities(data: SyntheticDataset, tmp_path: Path) -> None:
     config, _ = build_config(build_parser().parse_args(tiny_run_args(data, tmp_path)))
-    db = TrainingDb([data.lmdb_path], [data.kv_path])
+    db = open_training_source(data.root)
     many = Runtime(rank=0, world_size=25, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(TrainingError, match="more ranks than identities"):
         Trainer(config, many, db, tmp_path)

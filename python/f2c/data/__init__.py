@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from f2c._native import KvIndex, LmdbReader, RecordIOReader
-from f2c.data.db import TrainingDbWriter, encode_datum, open_db, read_label_map
+from f2c.data.db import TrainingDbWriter, encode_datum, read_label_map
 from f2c.data.sources import (
     LmdbSource,
     LmdbSpec,
@@ -37,7 +37,6 @@ __all__ = [
     "TrainingSource",
     "encode_datum",
     "normalize",
-    "open_db",
     "open_training_source",
     "read_label_map",
     "resolve_data_path",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from f2c._native import KvIndex, LmdbReader, LmdbWriter, RecordIOReader
+from f2c._native import LmdbWriter, RecordIOReader
 
 __all__ = [
     "KV_NAME",
@@ -38,7 +38,6 @@ __all__ = [
     "TrainingDbWriter",
     "check_not_staging",
     "encode_datum",
-    "open_db",
     "read_label_map",
     "staging_dir",
     "validate_key",
@@ -346,28 +345,3 @@ def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def open_db(
-    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    *,
-    num_threads: int | None = None,
-) -> tuple[KvIndex, LmdbReader]:
-    """Deprecated: use ``f2c.data.open_training_source`` (its ``index`` and ``reader``)."""
-    from f2c.data.sources import LmdbSource
-
-    warnings.warn(
-        "open_db is deprecated; use f2c.data.open_training_source", DeprecationWarning,
-        stacklevel=2,
-    )
-    if isinstance(roots, str | os.PathLike):
-        roots = [roots]
-    for root in roots:
-        check_not_staging(root)
-    layouts = [DbLayout(Path(r)) for r in roots]
-    source = LmdbSource(
-        [layout.lmdb_path for layout in layouts],
-        [layout.kv_path for layout in layouts],
-        num_threads=num_threads,
-    )
-    return source.index, source.reader

@@ -16,8 +16,6 @@ traceback (DataLoader re-raises them); nothing is caught here.
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,30 +27,15 @@ from f2c.data.samplers import (
     DistributedInstanceSampler,
     ReadRequest,
 )
-from f2c.data.sources import LmdbSource, TrainingSource
+from f2c.data.sources import TrainingSource
 
 __all__ = [
     "IdentityDataset",
     "InstanceDataset",
-    "TrainingDb",
     "make_loader",
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-class TrainingDb(LmdbSource):
-    """Deprecated: ``f2c.data.open_training_source`` (or ``LmdbSource``) opens LMDB pairs."""
-
-    def __init__(self, lmdb_paths: Sequence[PathLike], kv_paths: Sequence[PathLike]) -> None:
-        warnings.warn(
-            "TrainingDb is deprecated; use f2c.data.open_training_source", DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(lmdb_paths, kv_paths)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        LmdbSource.__init__(self, state["lmdb"], state["kv"], num_threads=state["threads"])
 
 
 class InstanceDataset(Dataset):
