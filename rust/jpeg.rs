@@ -2,8 +2,13 @@
 //! them, decoded to RGB straight into a caller's buffer (optionally mirrored).
 //!
 //! Every JPEG passes [`scan::check`] before it is decoded: the decoder fills what a truncated
-//! or corrupt stream lacks, the check refuses it (see `docs/design.md §3`, training db).
+//! or corrupt stream lacks, the check refuses it (see `docs/design.md §3`, training db). The
+//! kinds training crops are (sequential, grey or YCbCr 4:4:4 / 4:2:2 / 4:2:0) are decoded by
+//! [`decode`] in the same pass as the check; the rest by zune-jpeg after the check.
 
+mod color;
+mod decode;
+mod idct;
 mod scan;
 
 use zune_core::bytestream::ZCursor;
@@ -156,12 +161,27 @@ pub fn decode_rgb_into(
     flip: bool,
 ) -> Result<(), String> {
     debug_assert_eq!(out.len(), height * width * 3);
-    let (h, w) = strict_check(jpeg, MAX_SIDE)?;
+    let ((h, w), decoded) = decode::check_and_decode(jpeg, MAX_SIDE, out, (height, width), flip)
+        .map_err(|e| format!("corrupt JPEG: {e}"))?;
     if (h, w) != (height, width) {
         return Err(format!(
             "image is {h}x{w} (HxW) but the db's first record is {height}x{width}"
         ));
     }
+    if decoded {
+        return Ok(());
+    }
+    decode_general(jpeg, out, height, width, flip)
+}
+
+/// Decodes with zune-jpeg a JPEG that passed the strict check (what the fast path leaves).
+fn decode_general(
+    jpeg: &[u8],
+    out: &mut [u8],
+    height: usize,
+    width: usize,
+    flip: bool,
+) -> Result<(), String> {
     let (mut decoder, h, w) = open(jpeg)?;
     if (h, w) != (height, width) {
         return Err(format!(

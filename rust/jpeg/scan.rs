@@ -38,10 +38,78 @@ fn category(v: u32) -> u8 {
 
 type Check<T> = Result<T, String>;
 
+/// JPEG's EXTEND: the signed value of `size` (1..=16) magnitude bits `v`. Branch-free: the
+/// sign of noisy coefficients is a coin toss, which a branch would mispredict half the time.
+#[inline(always)]
+fn extend(v: u32, size: u32) -> i32 {
+    let v = v as i32;
+    // 1 when the top magnitude bit is clear: a negative value, v - (2^size - 1).
+    let negative = ((v >> (size - 1)) & 1) ^ 1;
+    v - (negative << size) + negative
+}
+
 /// (height, width) of a JPEG whose markers and entropy-coded data are complete and consistent,
 /// with neither side above `max_side`; otherwise what is wrong.
 pub fn check(jpeg: &[u8], max_side: usize) -> Check<(usize, usize)> {
-    Parser::new(jpeg, max_side)?.run()
+    Parser::new(jpeg, max_side)?.run(&mut NoSink)
+}
+
+/// [`check`], handing the coefficients of every sequential scan that `sink` takes to it as the
+/// walk decodes them: one Huffman pass checks and decodes. The sink's output is only whole when
+/// this returns `Ok`.
+pub(super) fn walk<S: Sink>(jpeg: &[u8], max_side: usize, sink: &mut S) -> Check<(usize, usize)> {
+    Parser::new(jpeg, max_side)?.run(sink)
+}
+
+/// Receives the blocks of sequential scans from the walk of [`walk`]. The walk is
+/// monomorphised per sink, so [`NoSink`] (the check alone) costs nothing extra.
+pub(super) trait Sink {
+    /// Whether the walk must decode coefficient values (without, it skips value bits).
+    const VALUES: bool;
+    /// Called before each sequential scan's data: whether this sink takes the scan's blocks.
+    fn begin_scan(&mut self, scan: &ScanInfo<'_>) -> bool;
+    /// Starts a block of the scan's `j`-th component with its DC value (quantised units).
+    fn dc(&mut self, j: usize, value: i32);
+    /// AC coefficient `k` (zig-zag index, 1..=63, each at most once, increasing) of the block.
+    fn ac(&mut self, k: usize, value: i32);
+    /// Ends the block, which sits at block column `bx`, row `by` of component `j`'s grid (MCU
+    /// padding included).
+    fn end_block(&mut self, j: usize, bx: usize, by: usize);
+}
+
+/// The sink of the check alone: takes no scan.
+pub(super) struct NoSink;
+
+impl Sink for NoSink {
+    const VALUES: bool = false;
+    fn begin_scan(&mut self, _: &ScanInfo<'_>) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn dc(&mut self, _: usize, _: i32) {}
+    #[inline(always)]
+    fn ac(&mut self, _: usize, _: i32) {}
+    #[inline(always)]
+    fn end_block(&mut self, _: usize, _: usize, _: usize) {}
+}
+
+/// What a sink learns of the frame and of a sequential scan before its blocks.
+pub(super) struct ScanInfo<'a> {
+    pub height: usize,
+    pub width: usize,
+    /// Frame components as (id, h, v), in frame order.
+    pub frame: Vec<(u8, usize, usize)>,
+    /// The scan's components as indices into `frame`, in scan order.
+    pub scan: Vec<usize>,
+    /// Each scan component's quantisation steps in zig-zag order.
+    pub quant: Vec<&'a [u16; 64]>,
+    /// MCUs per row and column (of an interleaved scan).
+    pub mcus_w: usize,
+    pub mcus_h: usize,
+    /// An APP14 Adobe marker's colour transform, if the file has one.
+    pub adobe_transform: Option<u8>,
+    /// Whether the file has a JFIF APP0 marker.
+    pub jfif: bool,
 }
 
 /// (height, width) from the frame header alone (no scan check), bounded by `max_side`.
@@ -180,16 +248,17 @@ impl<'a> Bits<'a> {
         None
     }
 
-    /// Fills the buffer to at least 57 bits.
-    #[inline(never)]
+    /// Fills the buffer to at least 57 bits: whole bytes straight from the data while eight
+    /// of them hold no 0xFF (inlined: the common case), else [`Self::refill_slow`].
+    #[inline(always)]
     fn refill(&mut self) {
-        if !self.at_end && self.pos + 8 <= self.data.len() {
-            let word = u64::from_be_bytes(self.data[self.pos..self.pos + 8].try_into().unwrap());
+        if let Some(bytes) = self.data.get(self.pos..self.pos + 8) {
+            let word = u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
             // No 0xFF byte among the eight: take whole bytes without unstuffing.
             let ff = !word;
             let has_ff =
                 (ff.wrapping_sub(0x0101_0101_0101_0101) & !ff & 0x8080_8080_8080_8080) != 0;
-            if !has_ff {
+            if !has_ff && !self.at_end {
                 let take = (64 - self.n) / 8;
                 let bits = 8 * take;
                 let incoming = if bits == 64 {
@@ -203,6 +272,13 @@ impl<'a> Bits<'a> {
                 return;
             }
         }
+        self.refill_slow();
+    }
+
+    /// Byte-by-byte refill: unstuffing, and zeros past the end of the segment.
+    #[cold]
+    #[inline(never)]
+    fn refill_slow(&mut self) {
         while self.n <= 56 {
             let byte = if self.at_end {
                 None
@@ -266,11 +342,11 @@ impl<'a> Bits<'a> {
     #[inline(always)]
     fn value_after_symbol(&mut self, category: u8) -> i32 {
         let c = u32::from(category);
-        let v = self.take_after_symbol(c) as i32;
-        if c > 0 && v < 1 << (c - 1) {
-            v - (1 << c) + 1
+        let v = self.take_after_symbol(c);
+        if c == 0 {
+            0
         } else {
-            v
+            extend(v, c)
         }
     }
 
@@ -388,6 +464,8 @@ struct Parser<'a> {
     quant: [Option<[u16; 64]>; 4],
     restart_interval: usize,
     scans: usize,
+    adobe_transform: Option<u8>,
+    jfif: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -405,14 +483,22 @@ impl<'a> Parser<'a> {
             quant: [None; 4],
             restart_interval: 0,
             scans: 0,
+            adobe_transform: None,
+            jfif: false,
         })
     }
 
-    fn run(mut self) -> Check<(usize, usize)> {
+    fn run<S: Sink>(mut self, sink: &mut S) -> Check<(usize, usize)> {
         loop {
             match self.next_segment()? {
                 Segment::Scan(header) => {
-                    self.walk_scan(&header)?;
+                    if self.frame.as_ref().is_some_and(|f| !f.progressive)
+                        && sink.begin_scan(&self.scan_info(&header))
+                    {
+                        self.walk_scan(&header, sink)?;
+                    } else {
+                        self.walk_scan(&header, &mut NoSink)?;
+                    }
                     self.scans += 1;
                 }
                 Segment::End => break,
@@ -504,6 +590,15 @@ impl<'a> Parser<'a> {
             }
             0xDA => Ok(Segment::Scan(self.parse_scan(body)?)),
             0xDC => Err("unsupported DNL marker (height defined after the scan)".into()),
+            // Colour interpretation, for decoders (libjpeg's rules).
+            0xE0 if body.starts_with(b"JFIF\0") => {
+                self.jfif = true;
+                Ok(Segment::Other)
+            }
+            0xEE if body.len() >= 12 && body.starts_with(b"Adobe") => {
+                self.adobe_transform = Some(body[11]);
+                Ok(Segment::Other)
+            }
             _ => Ok(Segment::Other), // APPn, COM, extensions
         }
     }
@@ -705,8 +800,32 @@ impl<'a> Parser<'a> {
             .ok_or_else(|| format!("scan uses {kind} Huffman table {id}, which is not defined"))
     }
 
-    /// Walks the entropy-coded data of one scan, leaving `pos` at the marker after it.
-    fn walk_scan(&mut self, scan: &ScanHeader) -> Check<()> {
+    fn scan_info(&self, scan: &ScanHeader) -> ScanInfo<'_> {
+        let frame = self.frame.as_ref().expect("parse_scan checked");
+        ScanInfo {
+            height: frame.height,
+            width: frame.width,
+            frame: frame.components.iter().map(|c| (c.id, c.h, c.v)).collect(),
+            scan: scan.components.iter().map(|&(i, _, _)| i).collect(),
+            quant: scan
+                .components
+                .iter()
+                .map(|&(i, _, _)| {
+                    self.quant[usize::from(frame.components[i].quant)]
+                        .as_ref()
+                        .expect("parse_scan checked")
+                })
+                .collect(),
+            mcus_w: frame.mcus_w,
+            mcus_h: frame.mcus_h,
+            adobe_transform: self.adobe_transform,
+            jfif: self.jfif,
+        }
+    }
+
+    /// Walks the entropy-coded data of one scan, leaving `pos` at the marker after it; a
+    /// sequential scan's blocks go to `sink`.
+    fn walk_scan<S: Sink>(&mut self, scan: &ScanHeader, sink: &mut S) -> Check<()> {
         let frame = self.frame.as_mut().expect("parse_scan checked");
         let progressive = frame.progressive;
         let dc_first = scan.ss == 0 && scan.ah == 0;
@@ -769,6 +888,7 @@ impl<'a> Parser<'a> {
         };
         let mut bits = Bits::new(self.data, self.pos);
         let mut walker = Walker {
+            progressive,
             dc_pred: [0; 4],
             eob_run: 0,
             ss: scan.ss,
@@ -802,10 +922,13 @@ impl<'a> Parser<'a> {
                 let c = &mut frame.components[i];
                 if scan.components.len() == 1 {
                     let block = uy * c.blocks_w + ux;
-                    walker.block(&mut bits, c, j, block, scan.ah, dc[j], ac[j], progressive)?;
+                    walker.block(&mut bits, c, j, block, scan.ah, dc[j], ac[j], sink)?;
+                    sink.end_block(j, ux, uy);
                 } else {
-                    for _ in 0..c.h * c.v {
-                        walker.block(&mut bits, c, j, 0, scan.ah, dc[j], ac[j], progressive)?;
+                    let (h, v) = (c.h, c.v);
+                    for b in 0..h * v {
+                        walker.block(&mut bits, c, j, 0, scan.ah, dc[j], ac[j], sink)?;
+                        sink.end_block(j, ux * h + b % h, uy * v + b / h);
                     }
                 }
             }
@@ -852,6 +975,7 @@ impl Limits {
 
 /// Per-scan decoding state.
 struct Walker {
+    progressive: bool,
     dc_pred: [i32; 4],
     eob_run: u32,
     ss: usize,
@@ -863,7 +987,7 @@ struct Walker {
 impl Walker {
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn block(
+    fn block<S: Sink>(
         &mut self,
         bits: &mut Bits<'_>,
         c: &mut Component,
@@ -872,11 +996,12 @@ impl Walker {
         ah: u8,
         dc: Option<&Huffman>,
         ac: Option<&Huffman>,
-        progressive: bool,
+        sink: &mut S,
     ) -> Check<()> {
-        if !progressive {
+        if !self.progressive {
             self.dc(bits, j, dc.expect("table checked"))?;
-            return Self::ac_sequential(bits, ac.expect("table checked"), &self.limits[j]);
+            sink.dc(j, self.dc_pred[j]);
+            return Self::ac_sequential(bits, ac.expect("table checked"), &self.limits[j], sink);
         }
         if self.ss == 0 {
             return match dc {
@@ -917,9 +1042,16 @@ impl Walker {
     }
 
     /// The AC coefficients of one block (sequential): the hot loop of the check, on a local
-    /// copy of the bit buffer (written back around refills and slow codes).
+    /// copy of the bit buffer (written back around refills and slow codes). With a sink that
+    /// wants values, each coefficient is decoded and handed over; otherwise value bits are
+    /// skipped unread.
     #[inline(always)]
-    fn ac_sequential(bits: &mut Bits<'_>, table: &Huffman, limits: &Limits) -> Check<()> {
+    fn ac_sequential<S: Sink>(
+        bits: &mut Bits<'_>,
+        table: &Huffman,
+        limits: &Limits,
+        sink: &mut S,
+    ) -> Check<()> {
         let categories = &limits.ac_category;
         let (mut buf, mut n) = (bits.buf, bits.n);
         let mut k = 1usize;
@@ -930,19 +1062,31 @@ impl Walker {
                 (buf, n) = (bits.buf, bits.n);
             }
             let entry = table.lookup[(buf >> (64 - LOOKAHEAD)) as usize];
-            let rs = if entry & WITH_VALUE != 0 {
+            let (rs, value) = if entry & WITH_VALUE != 0 {
                 let used = u32::from((entry >> 8) & 31);
+                let size = u32::from(entry as u8 & 15);
+                // The value bits end where the combined entry ends (size 0: no value).
+                let value = if S::VALUES && size > 0 {
+                    extend(((buf << (used - size)) >> (64 - size)) as u32, size)
+                } else {
+                    0
+                };
                 buf <<= used;
                 n -= used;
-                entry as u8
+                (entry as u8, value)
             } else {
                 (bits.buf, bits.n) = (buf, n);
                 let Some(rs) = bits.symbol(table) else {
                     break Err(bits.bad_code());
                 };
-                bits.drop_after_symbol(u32::from(rs & 15));
+                let value = if S::VALUES {
+                    bits.value_after_symbol(rs & 15)
+                } else {
+                    bits.drop_after_symbol(u32::from(rs & 15));
+                    0
+                };
                 (buf, n) = (bits.buf, bits.n);
-                rs
+                (rs, value)
             };
             let (run, size) = (usize::from(rs >> 4), rs & 15);
             if size == 0 {
@@ -969,6 +1113,7 @@ impl Walker {
                 (bits.buf, bits.n) = (buf, n);
                 break Err(Self::too_large(bits, k, size));
             }
+            sink.ac(k, value);
             k += 1;
             if k == 64 {
                 break Ok(());
