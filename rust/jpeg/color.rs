@@ -218,14 +218,18 @@ fn fancy(near: &[u8], far: Option<&[u8]>, out: &mut [u8], writer: RowWriter) {
         return;
     }
     let (shift, even_bias, odd_bias) = if far.is_some() { (4, 8, 7) } else { (2, 1, 2) };
-    let sum = |i: usize| match far {
-        Some(far) => u16::from(near[i]) * 3 + u16::from(far[i]),
-        None => u16::from(near[i]),
-    };
+    #[inline(always)]
+    fn sum(near: &[u8], far: Option<&[u8]>, i: usize) -> u16 {
+        match far {
+            Some(far) => u16::from(near[i]) * 3 + u16::from(far[i]),
+            None => u16::from(near[i]),
+        }
+    }
     let scalar = |i: usize, out: &mut [u8]| {
-        let this = sum(i) * 3;
-        out[2 * i] = ((this + sum(i.saturating_sub(1)) + even_bias) >> shift) as u8;
-        out[2 * i + 1] = ((this + sum((i + 1).min(n - 1)) + odd_bias) >> shift) as u8;
+        let this = sum(near, far, i) * 3;
+        let (prev, next) = (i.saturating_sub(1), (i + 1).min(n - 1));
+        out[2 * i] = ((this + sum(near, far, prev) + even_bias) >> shift) as u8;
+        out[2 * i + 1] = ((this + sum(near, far, next) + odd_bias) >> shift) as u8;
     };
     scalar(0, out);
     let mut i = 1;
@@ -286,33 +290,57 @@ mod avx2 {
         }
     }
 
-    /// libjpeg's YCbCr→RGB on 8 pixels in 32-bit lanes (exact, as the scalar code).
+    /// `(x * c + 2^15) >> 16` exactly, in 16-bit lanes: the high half of the product, plus
+    /// one where the low half is at least 2^15 (its sign bit).
     #[target_feature(enable = "avx2")]
-    unsafe fn rgb8(y: __m256i, cb: __m256i, cr: __m256i) -> [__m256i; 3] {
-        let k = |v: i32| _mm256_set1_epi32(v);
-        let (b, r) = (_mm256_sub_epi32(cb, k(128)), _mm256_sub_epi32(cr, k(128)));
-        let scale = |v: __m256i| _mm256_srai_epi32::<16>(_mm256_add_epi32(v, k(HALF)));
-        let red = scale(_mm256_mullo_epi32(r, k(CR_R)));
-        let green = scale(_mm256_add_epi32(
-            _mm256_mullo_epi32(b, k(-CB_G)),
-            _mm256_mullo_epi32(r, k(-CR_G)),
-        ));
-        let blue = scale(_mm256_mullo_epi32(b, k(CB_B)));
-        [
-            _mm256_add_epi32(y, red),
-            _mm256_add_epi32(y, green),
-            _mm256_add_epi32(y, blue),
-        ]
+    unsafe fn mul_round(x: __m256i, c: i16) -> __m256i {
+        let c = _mm256_set1_epi16(c);
+        _mm256_sub_epi16(
+            _mm256_mulhi_epi16(x, c),
+            _mm256_srai_epi16::<15>(_mm256_mullo_epi16(x, c)),
+        )
     }
 
-    /// Two vectors of 8 i32 to 16 bytes, saturated to 0..=255, in order.
+    /// libjpeg's YCbCr→RGB on 16 pixels, exact (as [`super::ycc_pixel`]) in 16-bit lanes:
+    /// 1.402 = 1 + 26345 / 2^16 and 1.772 = 2 - 14942 / 2^16 keep each product in range;
+    /// green sums two products in 32-bit lanes (pmaddwd, with Cr doubled to fit -0.71414).
     #[target_feature(enable = "avx2")]
-    unsafe fn pack16(lo: __m256i, hi: __m256i) -> __m128i {
-        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
-        _mm_packus_epi16(
-            _mm256_castsi256_si128(words),
-            _mm256_extracti128_si256::<1>(words),
-        )
+    unsafe fn rgb16(y: __m128i, cb: __m128i, cr: __m128i) -> [__m128i; 3] {
+        debug_assert_eq!(
+            (CR_R, CB_B, CB_G, CR_G),
+            (65536 + 26345, 131_072 - 14942, 22554, 2 * 23401)
+        );
+        let centre = _mm256_set1_epi16(128);
+        let y = _mm256_cvtepu8_epi16(y);
+        let b = _mm256_sub_epi16(_mm256_cvtepu8_epi16(cb), centre);
+        let r = _mm256_sub_epi16(_mm256_cvtepu8_epi16(cr), centre);
+        let red = _mm256_add_epi16(_mm256_add_epi16(y, r), mul_round(r, 26345));
+        let blue = _mm256_add_epi16(
+            _mm256_add_epi16(y, _mm256_add_epi16(b, b)),
+            mul_round(b, -14942),
+        );
+        let r2 = _mm256_add_epi16(r, r);
+        let weights = _mm256_set1_epi32((-23401i32 << 16) | (-22554i32 & 0xFFFF));
+        let half = _mm256_set1_epi32(HALF);
+        let green32 = |pairs: __m256i| {
+            _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_madd_epi16(pairs, weights), half))
+        };
+        // unpacklo/hi work within 128-bit lanes, and packs puts their halves back in order.
+        let green = _mm256_add_epi16(
+            y,
+            _mm256_packs_epi32(
+                green32(_mm256_unpacklo_epi16(b, r2)),
+                green32(_mm256_unpackhi_epi16(b, r2)),
+            ),
+        );
+        // Saturating packs clamp to 0..=255; the permute puts the 128-bit halves in order.
+        let rg = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(red, green));
+        let bb = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(blue, blue));
+        [
+            _mm256_castsi256_si128(rg),
+            _mm256_extracti128_si256::<1>(rg),
+            _mm256_castsi256_si128(bb),
+        ]
     }
 
     /// Interleaves 16 samples of each channel into `out` (48 bytes).
@@ -360,8 +388,11 @@ mod avx2 {
         } else {
             (k(1), k(2))
         };
-        let mut i = 1;
-        while i + 17 <= n {
+        // Samples 1.. in steps of 16, the last step moved back to end at sample n - 2 (it
+        // redoes a few samples, with the same results).
+        let mut next = 1;
+        while n >= 18 && next < n - 1 {
+            let i = next.min(n - 17);
             let this = _mm256_mullo_epi16(sums(i), k(3));
             let even = _mm256_add_epi16(_mm256_add_epi16(this, sums(i - 1)), even_bias);
             let odd = _mm256_add_epi16(_mm256_add_epi16(this, sums(i + 1)), odd_bias);
@@ -376,9 +407,9 @@ mod avx2 {
             let dst = &mut out[2 * i..2 * i + 32];
             // SAFETY: `dst` is 32 writable bytes; no alignment requirement.
             unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), pairs) };
-            i += 16;
+            next = i + 16;
         }
-        i
+        next
     }
 
     /// Converts and writes the pixels of a row 16 at a time (grey when `chroma` is `None`),
@@ -404,27 +435,7 @@ mod avx2 {
             let y = unsafe { load16(luma, at, flip) };
             let channels = match chroma {
                 None => [y; 3],
-                Some((cb, cr)) => {
-                    let (cb, cr) = unsafe { (load16(cb, at, flip), load16(cr, at, flip)) };
-                    let widen = |v: __m128i| {
-                        (
-                            _mm256_cvtepu8_epi32(v),
-                            _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
-                        )
-                    };
-                    let (y0, y1) = widen(y);
-                    let (b0, b1) = widen(cb);
-                    let (r0, r1) = widen(cr);
-                    let lo = unsafe { rgb8(y0, b0, r0) };
-                    let hi = unsafe { rgb8(y1, b1, r1) };
-                    unsafe {
-                        [
-                            pack16(lo[0], hi[0]),
-                            pack16(lo[1], hi[1]),
-                            pack16(lo[2], hi[2]),
-                        ]
-                    }
-                }
+                Some((cb, cr)) => unsafe { rgb16(y, load16(cb, at, flip), load16(cr, at, flip)) },
             };
             unsafe { store48(channels, &mut out[3 * x..]) };
             x += 16;
@@ -501,6 +512,30 @@ mod tests {
                         RowWriter::Scalar.write(&planes[0], chroma, &mut plain, false);
                         let mirrored: Vec<u8> = plain.chunks(3).rev().flatten().copied().collect();
                         assert_eq!(scalar, mirrored);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_colour_is_exact_for_every_chroma_pair() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let cb: Vec<u8> = (0..=255).collect();
+            for cr in 0..=255u8 {
+                for shift in [0usize, 101, 211] {
+                    let luma: Vec<u8> = (0..256).map(|i| ((i * 7 + shift) % 256) as u8).collect();
+                    let crs = vec![cr; 256];
+                    let mut out = vec![0u8; 3 * 256];
+                    RowWriter::Avx2.write(&luma, Some((&cb, &crs)), &mut out, false);
+                    for (i, px) in out.chunks(3).enumerate() {
+                        assert_eq!(
+                            px,
+                            ycc_pixel(luma[i], cb[i], cr),
+                            "y {} cb {i} cr {cr}",
+                            luma[i]
+                        );
                     }
                 }
             }

@@ -13,13 +13,6 @@ use super::color::{self, Plane, RowScratch, Sampling};
 use super::idct::{self, Block};
 use super::scan::{self, ScanInfo, Sink};
 
-/// Natural (row-major) position of each zig-zag index.
-const UNZIGZAG: [u8; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
-    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
-    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
-];
-
 /// Planes larger than this are freed after the image instead of kept for the next one.
 const KEEP_BYTES: usize = 16 << 20;
 
@@ -47,9 +40,6 @@ struct PlaneSink<'s> {
     /// Per scan component: its plane and its quantisation steps in zig-zag order.
     plane_of: [usize; 3],
     quant: [[i32; 64]; 3],
-    /// The scan component of the current block, and whether it has AC coefficients.
-    current: usize,
-    has_ac: bool,
 }
 
 /// Whether three components are YCbCr, by libjpeg's rules: an Adobe marker's transform says
@@ -113,25 +103,19 @@ impl Sink for PlaneSink<'_> {
     }
 
     #[inline(always)]
-    fn dc(&mut self, j: usize, value: i32) {
-        self.current = j;
-        self.has_ac = false;
-        self.block.0[0] = value.wrapping_mul(self.quant[j][0]);
+    fn start_block(&mut self, j: usize, dc: i32) -> Option<(&mut [i32; 64], &[i32; 64])> {
+        let steps = &self.quant[j];
+        self.block.0[0] = dc.wrapping_mul(steps[0]);
+        Some((&mut self.block.0, steps))
     }
 
     #[inline(always)]
-    fn ac(&mut self, k: usize, value: i32) {
-        self.block.0[usize::from(UNZIGZAG[k])] = value.wrapping_mul(self.quant[self.current][k]);
-        self.has_ac = true;
-    }
-
-    #[inline(always)]
-    fn end_block(&mut self, j: usize, bx: usize, by: usize) {
+    fn end_block(&mut self, j: usize, bx: usize, by: usize, has_ac: bool) {
         let p = self.plane_of[j];
         let stride = self.strides[p];
         let start = by * 8 * stride + bx * 8;
         let out = &mut self.planes[p][start..start + 7 * stride + 8];
-        if self.has_ac {
+        if has_ac {
             idct::idct(self.block, out, stride);
         } else {
             // DC only (common in smooth images): the transform is one flat value.
@@ -191,8 +175,6 @@ fn run(
         strides: [0; 3],
         plane_of: [0; 3],
         quant: [[0; 64]; 3],
-        current: 0,
-        has_ac: false,
     };
     let size = scan::walk(jpeg, max_side, &mut sink)?;
     let (height, width) = size;
@@ -463,18 +445,26 @@ mod timing {
             }
             (cpu_seconds() - start) * 1e6 / files.len() as f64
         };
+        // F2C_DECODE_MODE=check|fused|general times one of them alone (for `perf stat`).
+        let mode = std::env::var("F2C_DECODE_MODE").unwrap_or_default();
         let mut sums = [0.0; 3];
         for _ in 0..5 {
-            sums[0] += per_image(&mut |d, _| {
-                super::scan::check(d, 8192).unwrap();
-            });
-            sums[1] += per_image(&mut |d, o| {
-                super::super::decode_rgb_into(d, o, h, w, false).unwrap();
-            });
-            sums[2] += per_image(&mut |d, o| {
-                super::scan::check(d, 8192).unwrap();
-                super::super::decode_general(d, o, h, w, false).unwrap();
-            });
+            if mode.is_empty() || mode == "check" {
+                sums[0] += per_image(&mut |d, _| {
+                    super::scan::check(d, 8192).unwrap();
+                });
+            }
+            if mode.is_empty() || mode == "fused" {
+                sums[1] += per_image(&mut |d, o| {
+                    super::super::decode_rgb_into(d, o, h, w, false).unwrap();
+                });
+            }
+            if mode.is_empty() || mode == "general" {
+                sums[2] += per_image(&mut |d, o| {
+                    super::scan::check(d, 8192).unwrap();
+                    super::super::decode_general(d, o, h, w, false).unwrap();
+                });
+            }
         }
         let [check, fused, general] = sums.map(|s| s / 5.0);
         println!("{h}x{w}: check {check:.1} us, fused decode {fused:.1} us, check + zune {general:.1} us");

@@ -68,14 +68,21 @@ pub(super) trait Sink {
     const VALUES: bool;
     /// Called before each sequential scan's data: whether this sink takes the scan's blocks.
     fn begin_scan(&mut self, scan: &ScanInfo<'_>) -> bool;
-    /// Starts a block of the scan's `j`-th component with its DC value (quantised units).
-    fn dc(&mut self, j: usize, value: i32);
-    /// AC coefficient `k` (zig-zag index, 1..=63, each at most once, increasing) of the block.
-    fn ac(&mut self, k: usize, value: i32);
+    /// Starts a block of the scan's `j`-th component with its DC value (quantised units);
+    /// returns where the walk writes the block's dequantised AC coefficients (natural order,
+    /// the rest left as they are) and the component's quantisation steps in zig-zag order.
+    fn start_block(&mut self, j: usize, dc: i32) -> Option<(&mut [i32; 64], &[i32; 64])>;
     /// Ends the block, which sits at block column `bx`, row `by` of component `j`'s grid (MCU
-    /// padding included).
-    fn end_block(&mut self, j: usize, bx: usize, by: usize);
+    /// padding included); `has_ac`: whether any AC coefficient was written.
+    fn end_block(&mut self, j: usize, bx: usize, by: usize, has_ac: bool);
 }
+
+/// Natural (row-major) position of each zig-zag index.
+pub(super) const UNZIGZAG: [u8; 64] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+];
 
 /// The sink of the check alone: takes no scan.
 pub(super) struct NoSink;
@@ -86,11 +93,11 @@ impl Sink for NoSink {
         false
     }
     #[inline(always)]
-    fn dc(&mut self, _: usize, _: i32) {}
+    fn start_block(&mut self, _: usize, _: i32) -> Option<(&mut [i32; 64], &[i32; 64])> {
+        None
+    }
     #[inline(always)]
-    fn ac(&mut self, _: usize, _: i32) {}
-    #[inline(always)]
-    fn end_block(&mut self, _: usize, _: usize, _: usize) {}
+    fn end_block(&mut self, _: usize, _: usize, _: usize, _: bool) {}
 }
 
 /// What a sink learns of the frame and of a sequential scan before its blocks.
@@ -897,8 +904,12 @@ impl<'a> Parser<'a> {
             limits,
         };
         let mut restarts = 0usize;
-        for unit in 0..total {
-            if unit > 0 && unit % interval == 0 {
+        // Unit position and the units left in the restart interval, counted (no divisions).
+        let (mut ux, mut uy) = (0usize, 0usize);
+        let mut left_in_interval = interval;
+        for _ in 0..total {
+            if left_in_interval == 0 {
+                left_in_interval = interval;
                 bits.finish()?;
                 match bits.marker() {
                     Some((m @ 0xD0..=0xD7, end)) if usize::from(m - 0xD0) == restarts % 8 => {
@@ -917,23 +928,31 @@ impl<'a> Parser<'a> {
                 walker.dc_pred = [0; 4];
                 walker.eob_run = 0;
             }
-            let (ux, uy) = (unit % units_w, unit / units_w);
+            left_in_interval -= 1;
             for (j, &(i, _, _)) in scan.components.iter().enumerate() {
                 let c = &mut frame.components[i];
                 if scan.components.len() == 1 {
                     let block = uy * c.blocks_w + ux;
-                    walker.block(&mut bits, c, j, block, scan.ah, dc[j], ac[j], sink)?;
-                    sink.end_block(j, ux, uy);
+                    let has_ac =
+                        walker.block(&mut bits, c, j, block, scan.ah, dc[j], ac[j], sink)?;
+                    sink.end_block(j, ux, uy, has_ac);
                 } else {
                     let (h, v) = (c.h, c.v);
-                    for b in 0..h * v {
-                        walker.block(&mut bits, c, j, 0, scan.ah, dc[j], ac[j], sink)?;
-                        sink.end_block(j, ux * h + b % h, uy * v + b / h);
+                    for by in uy * v..uy * v + v {
+                        for bx in ux * h..ux * h + h {
+                            let has_ac =
+                                walker.block(&mut bits, c, j, 0, scan.ah, dc[j], ac[j], sink)?;
+                            sink.end_block(j, bx, by, has_ac);
+                        }
                     }
                 }
             }
             if bits.overrun() {
                 return Err(bits.corrupt(""));
+            }
+            ux += 1;
+            if ux == units_w {
+                (ux, uy) = (0, uy + 1);
             }
         }
         bits.finish()?;
@@ -997,64 +1016,76 @@ impl Walker {
         dc: Option<&Huffman>,
         ac: Option<&Huffman>,
         sink: &mut S,
-    ) -> Check<()> {
+    ) -> Check<bool> {
         if !self.progressive {
             self.dc(bits, j, dc.expect("table checked"))?;
-            sink.dc(j, self.dc_pred[j]);
-            return Self::ac_sequential(bits, ac.expect("table checked"), &self.limits[j], sink);
+            let coefficients = sink.start_block(j, self.dc_pred[j]);
+            let table = ac.expect("table checked");
+            return Self::ac_sequential::<S>(bits, table, &self.limits[j], coefficients);
         }
         if self.ss == 0 {
             return match dc {
-                Some(table) => self.dc(bits, j, table),
+                Some(table) => self.dc(bits, j, table).map(|()| false),
                 None => {
                     bits.skip(1); // DC refinement: one bit per block
-                    Ok(())
+                    Ok(false)
                 }
             };
         }
         let table = ac.expect("table checked");
         let nonzero = &mut c.nonzero[block];
         if ah == 0 {
-            self.ac_first(bits, table, nonzero, j)
+            self.ac_first(bits, table, nonzero, j).map(|()| false)
         } else {
-            self.ac_refine(bits, table, nonzero)
+            self.ac_refine(bits, table, nonzero).map(|()| false)
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn dc(&mut self, bits: &mut Bits<'_>, j: usize, table: &Huffman) -> Check<()> {
         let Some(category) = bits.symbol(table) else {
             return Err(bits.bad_code());
         };
         if category > MAX_DC_CATEGORY {
-            return Err(bits.corrupt(&format!("DC difference category {category}")));
+            return Err(Self::bad_dc_category(bits, category));
         }
         let pred = self.dc_pred[j] + bits.value_after_symbol(category);
         self.dc_pred[j] = pred;
         // An arithmetic shift rounds negative values down: allow one step of Al.
         if pred.unsigned_abs() << self.al > self.limits[j].dc + (1 << self.al) {
-            return Err(bits.corrupt(&format!(
-                "DC value {} beyond what its quantisation step allows",
-                pred << self.al
-            )));
+            return Err(self.dc_too_large(bits, pred));
         }
         Ok(())
     }
 
+    #[cold]
+    fn bad_dc_category(bits: &Bits<'_>, category: u8) -> String {
+        bits.corrupt(&format!("DC difference category {category}"))
+    }
+
+    #[cold]
+    fn dc_too_large(&self, bits: &Bits<'_>, pred: i32) -> String {
+        bits.corrupt(&format!(
+            "DC value {} beyond what its quantisation step allows",
+            pred << self.al
+        ))
+    }
+
     /// The AC coefficients of one block (sequential): the hot loop of the check, on a local
     /// copy of the bit buffer (written back around refills and slow codes). With a sink that
-    /// wants values, each coefficient is decoded and handed over; otherwise value bits are
-    /// skipped unread.
+    /// wants values, each coefficient is decoded, dequantised and written to `coefficients`;
+    /// otherwise value bits are skipped unread. Returns whether the block has AC coefficients.
     #[inline(always)]
     fn ac_sequential<S: Sink>(
         bits: &mut Bits<'_>,
         table: &Huffman,
         limits: &Limits,
-        sink: &mut S,
-    ) -> Check<()> {
+        mut coefficients: Option<(&mut [i32; 64], &[i32; 64])>,
+    ) -> Check<bool> {
         let categories = &limits.ac_category;
         let (mut buf, mut n) = (bits.buf, bits.n);
         let mut k = 1usize;
+        let mut has_ac = false;
         let result = loop {
             if n < 32 {
                 (bits.buf, bits.n) = (buf, n);
@@ -1074,6 +1105,19 @@ impl Walker {
                 buf <<= used;
                 n -= used;
                 (entry as u8, value)
+            } else if entry != 0 {
+                // A code of at most LOOKAHEAD bits whose value bits run past them (large
+                // coefficients): the buffer holds both (at least 32 bits).
+                let len = u32::from(entry >> 8);
+                let size = u32::from(entry as u8 & 15);
+                let value = if S::VALUES && size > 0 {
+                    extend(((buf << len) >> (64 - size)) as u32, size)
+                } else {
+                    0
+                };
+                buf <<= len + size;
+                n -= len + size;
+                (entry as u8, value)
             } else {
                 (bits.buf, bits.n) = (buf, n);
                 let Some(rs) = bits.symbol(table) else {
@@ -1091,12 +1135,12 @@ impl Walker {
             let (run, size) = (usize::from(rs >> 4), rs & 15);
             if size == 0 {
                 if run != 15 {
-                    break Ok(()); // end of block
+                    break Ok(has_ac); // end of block
                 }
                 k += 16;
                 if k >= 64 {
                     break if k == 64 {
-                        Ok(())
+                        Ok(has_ac)
                     } else {
                         (bits.buf, bits.n) = (buf, n);
                         Err(bits.corrupt("a zero run past the end of a block"))
@@ -1113,10 +1157,13 @@ impl Walker {
                 (bits.buf, bits.n) = (buf, n);
                 break Err(Self::too_large(bits, k, size));
             }
-            sink.ac(k, value);
+            if let Some((block, steps)) = coefficients.as_mut() {
+                block[usize::from(UNZIGZAG[k])] = value.wrapping_mul(steps[k]);
+            }
+            has_ac = true;
             k += 1;
             if k == 64 {
-                break Ok(());
+                break Ok(has_ac);
             }
         };
         (bits.buf, bits.n) = (buf, n);
