@@ -56,7 +56,7 @@ def reader(folder: Path, values: list[bytes], threads: int = 1) -> f2c.LmdbReade
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("size", [(112, 112), (53, 37), (224, 224)])
+@pytest.mark.parametrize("size", [(112, 112), (53, 37), (224, 224), (3, 2), (2, 3)])
 @pytest.mark.parametrize("noise", [0.0, 8.0])
 @pytest.mark.parametrize("restart", [None, 3])
 def test_pixels_match_libjpeg_turbo(
@@ -69,8 +69,8 @@ def test_pixels_match_libjpeg_turbo(
     batch = reader(tmp_path, values).read(np.arange(len(values)))
     for image, value in zip(batch, values, strict=True):
         diff = np.abs(image.astype(int) - pil_rgb(value).astype(int))
-        # Same IDCT, upsampling and colour arithmetic as libjpeg's defaults: equal up to
-        # rounding differences of its SIMD code.
+        # Same IDCT, upsampling and colour arithmetic as libjpeg's defaults (equal on every
+        # case here with libjpeg-turbo 3.x on x86-64; another build may round differently).
         assert diff.max() <= 3, (kind, size, diff.max())
         assert diff.mean() < 0.5, (kind, size, diff.mean())
 

@@ -37,9 +37,9 @@ struct PlaneSink<'s> {
     /// Set once a scan is taken.
     sampling: Option<Sampling>,
     strides: [usize; 3],
-    /// Per scan component: its plane and its quantisation steps in zig-zag order.
+    /// Per scan component: its plane and its quantisation steps in natural order.
     plane_of: [usize; 3],
-    quant: [[i32; 64]; 3],
+    quant: [Block; 3],
 }
 
 /// Whether three components are YCbCr, by libjpeg's rules: an Adobe marker's transform says
@@ -96,17 +96,18 @@ impl Sink for PlaneSink<'_> {
         }
         for (j, (&index, steps)) in scan.scan.iter().zip(&scan.quant).enumerate() {
             self.plane_of[j] = index;
-            self.quant[j] = steps.map(i32::from);
+            for (k, &step) in steps.iter().enumerate() {
+                self.quant[j].0[usize::from(scan::UNZIGZAG[k])] = i32::from(step);
+            }
         }
         self.sampling = Some(sampling);
         true
     }
 
     #[inline(always)]
-    fn start_block(&mut self, j: usize, dc: i32) -> Option<(&mut [i32; 64], &[i32; 64])> {
-        let steps = &self.quant[j];
-        self.block.0[0] = dc.wrapping_mul(steps[0]);
-        Some((&mut self.block.0, steps))
+    fn start_block(&mut self, _: usize, dc: i32) -> Option<&mut [i32; 64]> {
+        self.block.0[0] = dc;
+        Some(&mut self.block.0)
     }
 
     #[inline(always)]
@@ -116,10 +117,10 @@ impl Sink for PlaneSink<'_> {
         let start = by * 8 * stride + bx * 8;
         let out = &mut self.planes[p][start..start + 7 * stride + 8];
         if has_ac {
-            idct::idct(self.block, out, stride);
+            idct::idct(self.block, &self.quant[j], out, stride);
         } else {
             // DC only (common in smooth images): the transform is one flat value.
-            let value = idct::dc_value(self.block.0[0]);
+            let value = idct::dc_value(self.block.0[0].wrapping_mul(self.quant[j].0[0]));
             for row in out.chunks_mut(stride) {
                 row[..8].fill(value);
             }
@@ -174,7 +175,7 @@ fn run(
         sampling: None,
         strides: [0; 3],
         plane_of: [0; 3],
-        quant: [[0; 64]; 3],
+        quant: Default::default(),
     };
     let size = scan::walk(jpeg, max_side, &mut sink)?;
     let (height, width) = size;

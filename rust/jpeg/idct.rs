@@ -40,18 +40,19 @@ pub fn dc_value(dc: i32) -> u8 {
     (((dc.wrapping_add(4)) >> 3) + 128).clamp(0, 255) as u8
 }
 
-/// Writes the 8x8 pixels of `block` to `out` (row `r` at `out[r * stride..][..8]`) and zeroes
+/// Writes the 8x8 pixels of `block` (quantised coefficients, dequantised here by the steps
+/// `quant`, both in natural order) to `out` (row `r` at `out[r * stride..][..8]`) and zeroes
 /// the block for its next use.
 #[inline]
-pub fn idct(block: &mut Block, out: &mut [u8], stride: usize) {
+pub fn idct(block: &mut Block, quant: &Block, out: &mut [u8], stride: usize) {
     assert!(out.len() >= 7 * stride + 8, "IDCT output too short");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above), the one requirement of `idct_avx2`.
-        unsafe { idct_avx2(block, out, stride) };
+        // SAFETY: the CPU has AVX2 (checked just above); `out` is long enough (asserted).
+        unsafe { idct_avx2(block, quant, out, stride) };
         return;
     }
-    idct_scalar(block, out, stride);
+    idct_scalar(block, quant, out, stride);
 }
 
 /// One 1-D pass of the even and odd parts on eight inputs `x`; returns the eight outputs
@@ -100,8 +101,8 @@ fn descale(x: i32, bits: i32) -> i32 {
 }
 
 /// The transform in plain Rust (CPUs without AVX2, and the reference of the tests).
-pub fn idct_scalar(block: &mut Block, out: &mut [u8], stride: usize) {
-    let c = &block.0;
+pub fn idct_scalar(block: &mut Block, quant: &Block, out: &mut [u8], stride: usize) {
+    let c: [i32; 64] = std::array::from_fn(|i| block.0[i].wrapping_mul(quant.0[i]));
     let mut ws = [0i32; 64];
     for col in 0..8 {
         let x: [i32; 8] = std::array::from_fn(|r| c[r * 8 + col]);
@@ -200,18 +201,24 @@ unsafe fn transpose_avx2(r: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// [`idct_scalar`] on AVX2: the column pass with one row per vector, a transpose, the row
-/// pass, a transpose back, then saturating packs to bytes.
+/// [`idct_scalar`] on AVX2: dequantisation, the column pass with one row per vector, a
+/// transpose, the row pass, a transpose back, then saturating packs to bytes.
 ///
 /// # Safety
 /// The CPU must support AVX2; `out.len() >= 7 * stride + 8`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn idct_avx2(block: &mut Block, out: &mut [u8], stride: usize) {
+unsafe fn idct_avx2(block: &mut Block, quant: &Block, out: &mut [u8], stride: usize) {
     let base = block.0.as_mut_ptr().cast::<__m256i>();
-    // SAFETY: `Block` is 64 i32 = 8 vectors of 32 bytes, 32-byte aligned, so `base.add(r)` for
-    // r < 8 is an aligned, in-bounds vector; AVX2 is enabled for this function.
-    let rows: [__m256i; 8] = std::array::from_fn(|r| unsafe { _mm256_load_si256(base.add(r)) });
+    let steps = quant.0.as_ptr().cast::<__m256i>();
+    // SAFETY: `Block` is 64 i32 = 8 vectors of 32 bytes, 32-byte aligned, so `base.add(r)` and
+    // `steps.add(r)` for r < 8 are aligned, in-bounds vectors; AVX2 is enabled here.
+    let rows: [__m256i; 8] = std::array::from_fn(|r| unsafe {
+        _mm256_mullo_epi32(
+            _mm256_load_si256(base.add(r)),
+            _mm256_load_si256(steps.add(r)),
+        )
+    });
     let round1 = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
     let cols = butterfly_avx2(rows)
         .map(|v| _mm256_srai_epi32::<{ CONST_BITS - PASS1_BITS }>(_mm256_add_epi32(v, round1)));
@@ -307,7 +314,7 @@ mod tests {
         for c in blocks() {
             let expected = reference(&c);
             let mut out = [0u8; 64];
-            idct_scalar(&mut Block(c), &mut out, 8);
+            idct_scalar(&mut Block(c), &Block([1; 64]), &mut out, 8);
             for (p, e) in out.iter().zip(expected) {
                 worst = worst.max((f64::from(*p) - e.clamp(0.0, 255.0)).abs());
             }
@@ -317,11 +324,13 @@ mod tests {
 
     #[test]
     fn vector_equals_scalar_and_zeroes_the_block() {
+        let steps = Block(std::array::from_fn(|i| [1, 2, 3, 7][i % 4]));
         for c in blocks() {
+            let quantised = Block(std::array::from_fn(|i| c[i] / steps.0[i]));
             let (mut a, mut b) = ([0u8; 80], [0u8; 80]);
-            idct_scalar(&mut Block(c), &mut a[..], 9);
-            let mut block = Block(c);
-            idct(&mut block, &mut b[..], 9);
+            idct_scalar(&mut Block(quantised.0), &steps, &mut a[..], 9);
+            let mut block = Block(quantised.0);
+            idct(&mut block, &steps, &mut b[..], 9);
             assert_eq!(a, b);
             assert_eq!(block.0, [0; 64]);
         }
@@ -333,7 +342,7 @@ mod tests {
             let mut c = [0; 64];
             c[0] = dc;
             let mut out = [0u8; 64];
-            idct_scalar(&mut Block(c), &mut out, 8);
+            idct_scalar(&mut Block(c), &Block([1; 64]), &mut out, 8);
             assert!(out.iter().all(|&p| p == dc_value(dc)), "dc {dc}");
         }
     }

@@ -68,12 +68,13 @@ pub(super) trait Sink {
     const VALUES: bool;
     /// Called before each sequential scan's data: whether this sink takes the scan's blocks.
     fn begin_scan(&mut self, scan: &ScanInfo<'_>) -> bool;
-    /// Starts a block of the scan's `j`-th component with its DC value (quantised units);
-    /// returns where the walk writes the block's dequantised AC coefficients (natural order,
-    /// the rest left as they are) and the component's quantisation steps in zig-zag order.
-    fn start_block(&mut self, j: usize, dc: i32) -> Option<(&mut [i32; 64], &[i32; 64])>;
+    /// Starts a block of the scan's `j`-th component with its DC value; returns where the walk
+    /// writes the block's AC coefficients (quantised, natural order, the others left as they
+    /// are).
+    fn start_block(&mut self, j: usize, dc: i32) -> Option<&mut [i32; 64]>;
     /// Ends the block, which sits at block column `bx`, row `by` of component `j`'s grid (MCU
-    /// padding included); `has_ac`: whether any AC coefficient was written.
+    /// padding included); `has_ac`: whether AC coefficients may have been written (false:
+    /// none was).
     fn end_block(&mut self, j: usize, bx: usize, by: usize, has_ac: bool);
 }
 
@@ -93,7 +94,7 @@ impl Sink for NoSink {
         false
     }
     #[inline(always)]
-    fn start_block(&mut self, _: usize, _: i32) -> Option<(&mut [i32; 64], &[i32; 64])> {
+    fn start_block(&mut self, _: usize, _: i32) -> Option<&mut [i32; 64]> {
         None
     }
     #[inline(always)]
@@ -1074,18 +1075,18 @@ impl Walker {
     /// The AC coefficients of one block (sequential): the hot loop of the check, on a local
     /// copy of the bit buffer (written back around refills and slow codes). With a sink that
     /// wants values, each coefficient is decoded, dequantised and written to `coefficients`;
-    /// otherwise value bits are skipped unread. Returns whether the block has AC coefficients.
+    /// otherwise value bits are skipped unread. Returns whether AC coefficients may have been
+    /// written (false: the block ended before any).
     #[inline(always)]
     fn ac_sequential<S: Sink>(
         bits: &mut Bits<'_>,
         table: &Huffman,
         limits: &Limits,
-        mut coefficients: Option<(&mut [i32; 64], &[i32; 64])>,
+        mut coefficients: Option<&mut [i32; 64]>,
     ) -> Check<bool> {
         let categories = &limits.ac_category;
         let (mut buf, mut n) = (bits.buf, bits.n);
         let mut k = 1usize;
-        let mut has_ac = false;
         let result = loop {
             if n < 32 {
                 (bits.buf, bits.n) = (buf, n);
@@ -1135,12 +1136,12 @@ impl Walker {
             let (run, size) = (usize::from(rs >> 4), rs & 15);
             if size == 0 {
                 if run != 15 {
-                    break Ok(has_ac); // end of block
+                    break Ok(k > 1); // end of block
                 }
                 k += 16;
                 if k >= 64 {
                     break if k == 64 {
-                        Ok(has_ac)
+                        Ok(true)
                     } else {
                         (bits.buf, bits.n) = (buf, n);
                         Err(bits.corrupt("a zero run past the end of a block"))
@@ -1157,13 +1158,12 @@ impl Walker {
                 (bits.buf, bits.n) = (buf, n);
                 break Err(Self::too_large(bits, k, size));
             }
-            if let Some((block, steps)) = coefficients.as_mut() {
-                block[usize::from(UNZIGZAG[k])] = value.wrapping_mul(steps[k]);
+            if let Some(block) = coefficients.as_mut() {
+                block[usize::from(UNZIGZAG[k])] = value;
             }
-            has_ac = true;
             k += 1;
             if k == 64 {
-                break Ok(has_ac);
+                break Ok(true);
             }
         };
         (bits.buf, bits.n) = (buf, n);
