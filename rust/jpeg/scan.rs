@@ -16,8 +16,6 @@
 
 /// Code lengths up to this are decoded by one table lookup.
 const LOOKAHEAD: u32 = 10;
-/// In an AC table entry: the consumed length includes the coefficient's value bits.
-const WITH_VALUE: u16 = 1 << 13;
 /// Largest DC difference category for 8-bit samples.
 const MAX_DC_CATEGORY: u8 = 11;
 /// Bound on |DCT coefficient| of 8-bit samples: the DC term lies in [-1024, 1016] and AC terms
@@ -163,9 +161,7 @@ struct Frame {
 
 #[derive(Clone)]
 struct Huffman {
-    /// Entry for the next LOOKAHEAD bits: consumed length << 8 | symbol; 0 for a longer code.
-    /// In AC tables, when the code and the value bits after it fit in LOOKAHEAD bits, the
-    /// length covers both and [`WITH_VALUE`] is set (the walk skips values without reading).
+    /// Entry for the next LOOKAHEAD bits: code length << 8 | symbol; 0 for a longer code.
     lookup: Vec<u16>,
     /// Per length: largest code of that length (-1: none), and symbol index minus first code.
     max_code: [i32; 17],
@@ -174,7 +170,7 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], symbols: &[u8], ac: bool) -> Check<Self> {
+    fn new(counts: &[u8; 16], symbols: &[u8]) -> Check<Self> {
         let mut lookup = vec![0u16; 1 << LOOKAHEAD];
         let mut max_code = [-1i32; 17];
         let mut offset = [0i32; 17];
@@ -188,12 +184,7 @@ impl Huffman {
                     if len <= LOOKAHEAD {
                         let shift = LOOKAHEAD - len;
                         let first = (code << shift) as usize;
-                        let value_bits = u32::from(symbol & 15);
-                        let entry = if ac && len + value_bits <= LOOKAHEAD {
-                            WITH_VALUE | ((len + value_bits) as u16) << 8 | u16::from(symbol)
-                        } else {
-                            (len as u16) << 8 | u16::from(symbol)
-                        };
+                        let entry = (len as u16) << 8 | u16::from(symbol);
                         lookup[first..first + (1 << shift)].fill(entry);
                     }
                     code += 1;
@@ -364,7 +355,7 @@ impl<'a> Bits<'a> {
     fn symbol(&mut self, table: &Huffman) -> Option<u8> {
         self.ensure(32);
         let entry = table.lookup[(self.buf >> (64 - LOOKAHEAD)) as usize];
-        if entry != 0 && entry & WITH_VALUE == 0 {
+        if entry != 0 {
             let len = u32::from(entry >> 8);
             self.buf <<= len;
             self.n -= len;
@@ -376,14 +367,6 @@ impl<'a> Bits<'a> {
     #[cold]
     #[inline(never)]
     fn symbol_slow(&mut self, table: &Huffman) -> Option<u8> {
-        let entry = table.lookup[(self.buf >> (64 - LOOKAHEAD)) as usize];
-        if entry != 0 {
-            // A combined AC entry: consume the code only (its symbol says the value length).
-            let len = u32::from((entry >> 8) & 31) - u32::from(entry as u8 & 15);
-            self.buf <<= len;
-            self.n -= len;
-            return Some(entry as u8);
-        }
         for len in LOOKAHEAD + 1..=16 {
             let code = (self.buf >> (64 - len)) as i32;
             if code <= table.max_code[len as usize] {
@@ -693,7 +676,7 @@ impl<'a> Parser<'a> {
             if total > 256 || body.len() < 17 + total {
                 return Err("Huffman table segment cut off or overfull".into());
             }
-            let table = Huffman::new(&counts, &body[17..17 + total], class == 1)?;
+            let table = Huffman::new(&counts, &body[17..17 + total])?;
             if class == 0 {
                 if let Some(&bad) = table.symbols.iter().find(|&&s| s > 15) {
                     return Err(format!("DC Huffman table with symbol {bad}"));
@@ -1006,7 +989,7 @@ struct Walker {
 
 impl Walker {
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn block<S: Sink>(
         &mut self,
         bits: &mut Bits<'_>,
@@ -1094,21 +1077,9 @@ impl Walker {
                 (buf, n) = (bits.buf, bits.n);
             }
             let entry = table.lookup[(buf >> (64 - LOOKAHEAD)) as usize];
-            let (rs, value) = if entry & WITH_VALUE != 0 {
-                let used = u32::from((entry >> 8) & 31);
-                let size = u32::from(entry as u8 & 15);
-                // The value bits end where the combined entry ends (size 0: no value).
-                let value = if S::VALUES && size > 0 {
-                    extend(((buf << (used - size)) >> (64 - size)) as u32, size)
-                } else {
-                    0
-                };
-                buf <<= used;
-                n -= used;
-                (entry as u8, value)
-            } else if entry != 0 {
-                // A code of at most LOOKAHEAD bits whose value bits run past them (large
-                // coefficients): the buffer holds both (at least 32 bits).
+            let (rs, value) = if entry != 0 {
+                // A code of at most LOOKAHEAD bits, then its value bits: the buffer holds both
+                // (at least 32 bits; the value is at most 15 bits).
                 let len = u32::from(entry >> 8);
                 let size = u32::from(entry as u8 & 15);
                 let value = if S::VALUES && size > 0 {
