@@ -217,20 +217,21 @@ fn fancy(near: &[u8], far: Option<&[u8]>, out: &mut [u8], writer: RowWriter) {
         repeat_pairs(near, out);
         return;
     }
-    let (shift, even_bias, odd_bias) = if far.is_some() { (4, 8, 7) } else { (2, 1, 2) };
+    /// Output samples 2i and 2i + 1, neighbours clamped to the row.
     #[inline(always)]
-    fn sum(near: &[u8], far: Option<&[u8]>, i: usize) -> u16 {
-        match far {
+    fn pair(near: &[u8], far: Option<&[u8]>, i: usize, out: &mut [u8]) {
+        let n = near.len();
+        let sum = |i: usize| match far {
             Some(far) => u16::from(near[i]) * 3 + u16::from(far[i]),
             None => u16::from(near[i]),
-        }
+        };
+        let (shift, even_bias, odd_bias) = if far.is_some() { (4, 8, 7) } else { (2, 1, 2) };
+        let this = sum(i) * 3;
+        let (prev, next) = (sum(i.saturating_sub(1)), sum((i + 1).min(n - 1)));
+        out[2 * i] = ((this + prev + even_bias) >> shift) as u8;
+        out[2 * i + 1] = ((this + next + odd_bias) >> shift) as u8;
     }
-    let scalar = |i: usize, out: &mut [u8]| {
-        let this = sum(near, far, i) * 3;
-        let (prev, next) = (i.saturating_sub(1), (i + 1).min(n - 1));
-        out[2 * i] = ((this + sum(near, far, prev) + even_bias) >> shift) as u8;
-        out[2 * i + 1] = ((this + sum(near, far, next) + odd_bias) >> shift) as u8;
-    };
+    let scalar = |i: usize, out: &mut [u8]| pair(near, far, i, out);
     scalar(0, out);
     let mut i = 1;
     #[cfg(target_arch = "x86_64")]

@@ -471,4 +471,3 @@ mod timing {
         println!("{h}x{w}: check {check:.1} us, fused decode {fused:.1} us, check + zune {general:.1} us");
     }
 }
-

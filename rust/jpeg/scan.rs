@@ -951,22 +951,23 @@ struct Limits {
     /// Largest |DC| (at full precision).
     dc: u32,
     /// Largest magnitude category of each AC coefficient as sent (shifted down by Al).
-    ac_category: [u8; 64],
+    /// Indices 64..80 (past the block, which a run can reach) allow nothing.
+    ac_category: [u8; 80],
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             dc: 0,
-            ac_category: [0; 64],
+            ac_category: [0; 80],
         }
     }
 }
 
 impl Limits {
     fn new(steps: &[u16; 64], al: u8) -> Self {
-        let mut ac_category = [0u8; 64];
-        for (k, c) in ac_category.iter_mut().enumerate().skip(1) {
+        let mut ac_category = [0u8; 80];
+        for (k, c) in ac_category.iter_mut().enumerate().take(64).skip(1) {
             *c = category(max_magnitude(steps[k]).min(MAX_AC) >> al);
         }
         Self {
@@ -1121,13 +1122,14 @@ impl Walker {
                 continue;
             }
             k += run;
-            if k > 63 {
-                (bits.buf, bits.n) = (buf, n);
-                break Err(bits.corrupt("a coefficient past the end of a block"));
-            }
+            // One test for both: past index 63 the allowed category is 0 (k is at most 78).
             if size > categories[k] {
                 (bits.buf, bits.n) = (buf, n);
-                break Err(Self::too_large(bits, k, size));
+                break Err(if k > 63 {
+                    bits.corrupt("a coefficient past the end of a block")
+                } else {
+                    Self::too_large(bits, k, size)
+                });
             }
             if let Some(block) = coefficients.as_mut() {
                 block[usize::from(UNZIGZAG[k])] = value;
