@@ -162,7 +162,8 @@ struct Frame {
 #[derive(Clone)]
 struct Huffman {
     /// Entry for the next LOOKAHEAD bits: code length << 8 | symbol; 0 for a longer code.
-    lookup: Vec<u16>,
+    /// (A fixed-size array: indexing by LOOKAHEAD bits needs no bounds check.)
+    lookup: Box<[u16; 1 << LOOKAHEAD]>,
     /// Per length: largest code of that length (-1: none), and symbol index minus first code.
     max_code: [i32; 17],
     offset: [i32; 17],
@@ -171,7 +172,7 @@ struct Huffman {
 
 impl Huffman {
     fn new(counts: &[u8; 16], symbols: &[u8]) -> Check<Self> {
-        let mut lookup = vec![0u16; 1 << LOOKAHEAD];
+        let mut lookup = Box::new([0u16; 1 << LOOKAHEAD]);
         let mut max_code = [-1i32; 17];
         let mut offset = [0i32; 17];
         let mut code: u32 = 0;
