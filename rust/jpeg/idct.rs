@@ -4,8 +4,8 @@
 //! scalar one compute the same integers.
 //!
 //! Coefficients that no 8-bit image yields (a hostile stream that passes the structural check)
-//! can overflow the 32-bit intermediates; the arithmetic wraps, giving garbage pixels, never a
-//! panic.
+//! can overflow the intermediates (16-bit pairs in the AVX2 rotations, 32-bit sums); the
+//! arithmetic wraps, giving garbage pixels (the two versions may then differ), never a panic.
 
 /// Constants scaled by 2^13 (libjpeg's FIX_x_y for CONST_BITS = 13).
 const CONST_BITS: i32 = 13;
@@ -124,36 +124,43 @@ pub fn idct_scalar(block: &mut Block, quant: &Block, out: &mut [u8], stride: usi
 use std::arch::x86_64::*;
 
 /// The 1-D pass of [`butterfly`] on eight vectors (one input index each, eight transforms in
-/// the lanes).
+/// the lanes), with the products regrouped as libjpeg-turbo's SIMD code does so that each
+/// rotation is one pmaddwd (two 16-bit products and their sum) instead of 32-bit multiplies:
+/// the same integers while every input and every sum of two inputs fits 16 bits, which holds
+/// for the coefficients of 8-bit images.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn butterfly_avx2(x: [__m256i; 8]) -> [__m256i; 8] {
-    let k = |v: i32| _mm256_set1_epi32(v);
-    let mul = |a: __m256i, f: i32| _mm256_mullo_epi32(a, k(f));
     let add = |a, b| _mm256_add_epi32(a, b);
     let sub = |a, b| _mm256_sub_epi32(a, b);
-    let (z2, z3) = (x[2], x[6]);
-    let z1 = mul(add(z2, z3), F0_541);
-    let tmp2 = add(z1, mul(z3, -F1_847));
-    let tmp3 = add(z1, mul(z2, F0_765));
+    // Each 32-bit lane: a's low 16 bits, then b's; times (c1, c2) and summed: a*c1 + b*c2.
+    let pair = |a: __m256i, b: __m256i| _mm256_blend_epi16::<0xAA>(a, _mm256_slli_epi32::<16>(b));
+    let rotate = |p: __m256i, c1: i32, c2: i32| {
+        _mm256_madd_epi16(p, _mm256_set1_epi32((c2 << 16) | (c1 & 0xFFFF)))
+    };
+    // Even part: tmp3 = z2 (F0_541 + F0_765) + z3 F0_541, tmp2 = z2 F0_541 + z3 (F0_541 - F1_847).
+    let z23 = pair(x[2], x[6]);
+    let tmp3 = rotate(z23, F0_541 + F0_765, F0_541);
+    let tmp2 = rotate(z23, F0_541, F0_541 - F1_847);
     let tmp0 = _mm256_slli_epi32::<CONST_BITS>(add(x[0], x[4]));
     let tmp1 = _mm256_slli_epi32::<CONST_BITS>(sub(x[0], x[4]));
     let (t10, t13) = (add(tmp0, tmp3), sub(tmp0, tmp3));
     let (t11, t12) = (add(tmp1, tmp2), sub(tmp1, tmp2));
 
+    // Odd part on o0..o3 = x7, x5, x3, x1: z3 = o0 + o2 and z4 = o1 + o3 rotated by z5.
     let (o0, o1, o2, o3) = (x[7], x[5], x[3], x[1]);
-    let z5 = mul(add(add(o0, o2), add(o1, o3)), F1_175);
-    let z1 = mul(add(o0, o3), -F0_899);
-    let z2 = mul(add(o1, o2), -F2_562);
-    let z3 = add(mul(add(o0, o2), -F1_961), z5);
-    let z4 = add(mul(add(o1, o3), -F0_390), z5);
-    let p0 = add(add(mul(o0, F0_298), z1), z3);
-    let p1 = add(add(mul(o1, F2_053), z2), z4);
-    let p2 = add(add(mul(o2, F3_072), z2), z3);
-    let p3 = add(add(mul(o3, F1_501), z1), z4);
+    let z34 = pair(add(o0, o2), add(o1, o3));
+    let z3 = rotate(z34, F1_175 - F1_961, F1_175);
+    let z4 = rotate(z34, F1_175, F1_175 - F0_390);
+    let p03 = pair(o0, o3);
+    let p12 = pair(o1, o2);
+    let p0 = add(rotate(p03, F0_298 - F0_899, -F0_899), z3);
+    let p3 = add(rotate(p03, -F0_899, F1_501 - F0_899), z4);
+    let p1 = add(rotate(p12, F2_053 - F2_562, -F2_562), z4);
+    let p2 = add(rotate(p12, -F2_562, F3_072 - F2_562), z3);
     [
         add(t10, p3),
         add(t11, p2),
