@@ -302,6 +302,7 @@ mod tests {
 
     #[test]
     fn fast_path_matches_the_general_decoder() {
+        let mut worst = (0, 0.0f64);
         for (height, width) in [(16, 16), (37, 53), (53, 37), (1, 1), (2, 3), (112, 112)] {
             for noise in [0, 8] {
                 for sampling in SAMPLINGS {
@@ -322,7 +323,8 @@ mod tests {
                         // Below 3 chroma columns libjpeg (which this path follows, see the
                         // Python tests) repeats samples where zune-jpeg still filters.
                         if width >= 5 {
-                            assert!(max <= 8 && mean < 1.0, "{what}: max {max} mean {mean}");
+                            assert!(max <= 6 && mean < 0.5, "{what}: max {max} mean {mean}");
+                            worst = (worst.0.max(max), worst.1.max(mean));
                         }
                         // The mirrored decode is the plain one mirrored, exactly.
                         let mut mirrored = a.clone();
@@ -336,6 +338,11 @@ mod tests {
                 }
             }
         }
+        // `--nocapture` shows how far zune-jpeg is from this path (libjpeg's arithmetic).
+        println!(
+            "fast vs zune-jpeg: worst max {}, worst mean {:.3}",
+            worst.0, worst.1
+        );
     }
 
     #[test]
