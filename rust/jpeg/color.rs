@@ -72,6 +72,7 @@ pub fn convert(
 #[derive(Clone, Copy)]
 enum RowWriter {
     Scalar,
+    /// Only constructed where the CPU is known to support AVX2 (the vector code relies on it).
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
@@ -85,8 +86,8 @@ impl RowWriter {
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if let RowWriter::Avx2 = self {
-            // SAFETY: `Avx2` is only chosen after the CPU was found to support AVX2; the
-            // inputs hold `n` samples and `out` 3n bytes, as `avx2::row` requires.
+            // SAFETY: `Avx2` is only chosen after the CPU was found to support AVX2, the one
+            // requirement of `avx2::row`.
             done = unsafe { avx2::row(luma, chroma, out, flip) };
         }
         let source = |x: usize| if flip { n - 1 - x } else { x };
@@ -236,8 +237,8 @@ fn fancy(near: &[u8], far: Option<&[u8]>, out: &mut [u8], writer: RowWriter) {
     let mut i = 1;
     #[cfg(target_arch = "x86_64")]
     if let RowWriter::Avx2 = writer {
-        // SAFETY: `Avx2` is only chosen after the CPU was found to support AVX2; `far` has
-        // the length of `near` and `out` twice that, as `avx2::fancy_interior` requires.
+        // SAFETY: `Avx2` is only chosen after the CPU was found to support AVX2, the one
+        // requirement of `avx2::fancy_interior`.
         i = unsafe { avx2::fancy_interior(near, far, out) };
     }
     let _ = writer;
@@ -274,10 +275,10 @@ mod avx2 {
     };
     const REVERSE: [u8; 16] = [15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
 
-    /// 16 samples from `src` at `at`, reversed when `flip`.
+    /// 16 samples from `src` at `at` (panics past its end), reversed when `flip`.
     ///
     /// # Safety
-    /// AVX2; `at + 16 <= src.len()`.
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     unsafe fn load16(src: &[u8], at: usize, flip: bool) -> __m128i {
         let bytes = &src[at..at + 16];
@@ -344,10 +345,10 @@ mod avx2 {
         ]
     }
 
-    /// Interleaves 16 samples of each channel into `out` (48 bytes).
+    /// Interleaves 16 samples of each channel into `out` (48 bytes; panics if shorter).
     ///
     /// # Safety
-    /// AVX2; `out.len() >= 48`.
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     unsafe fn store48(channels: [__m128i; 3], out: &mut [u8]) {
         let out = &mut out[..48];
@@ -366,8 +367,10 @@ mod avx2 {
     /// [`super::fancy`] on the interior samples 1, 17, 33, ... 16 at a time while the next
     /// sample after the 16 exists; returns the first sample not done.
     ///
+    /// Slices are checked (a `far` shorter than `near`, or `out` shorter than twice it, panics).
+    ///
     /// # Safety
-    /// AVX2; `far`, if any, as long as `near`; `out.len() >= 2 * near.len()`.
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub unsafe fn fancy_interior(near: &[u8], far: Option<&[u8]>, out: &mut [u8]) -> usize {
         let n = near.len();
@@ -417,8 +420,10 @@ mod avx2 {
     /// mirrored when `flip`; returns how many leading output pixels it wrote (a multiple of
     /// 16), the rest being the caller's.
     ///
+    /// Slices are checked (inputs shorter than `out.len() / 3` samples panic).
+    ///
     /// # Safety
-    /// AVX2; the inputs hold `n = out.len() / 3` samples.
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub unsafe fn row(
         luma: &[u8],
@@ -431,13 +436,14 @@ mod avx2 {
         while x + 16 <= n {
             // Output pixels x..x+16 come from input x..x+16, or mirrored from n-x-16..n-x.
             let at = if flip { n - x - 16 } else { x };
-            // SAFETY (all calls below): AVX2 is enabled here; `at + 16 <= n` samples, and
-            // `3x + 48 <= out.len()`.
+            // SAFETY: AVX2 is enabled in this function, the only requirement of `load16`.
             let y = unsafe { load16(luma, at, flip) };
             let channels = match chroma {
                 None => [y; 3],
+                // SAFETY: as above, for `rgb16` and `load16`.
                 Some((cb, cr)) => unsafe { rgb16(y, load16(cb, at, flip), load16(cr, at, flip)) },
             };
+            // SAFETY: as above, for `store48`.
             unsafe { store48(channels, &mut out[3 * x..]) };
             x += 16;
         }

@@ -48,7 +48,7 @@ pub fn idct(block: &mut Block, quant: &Block, out: &mut [u8], stride: usize) {
     assert!(out.len() >= 7 * stride + 8, "IDCT output too short");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above); `out` is long enough (asserted).
+        // SAFETY: the CPU has AVX2 (checked just above), the one requirement of `idct_avx2`.
         unsafe { idct_avx2(block, quant, out, stride) };
         return;
     }
@@ -211,8 +211,10 @@ unsafe fn transpose_avx2(r: [__m256i; 8]) -> [__m256i; 8] {
 /// [`idct_scalar`] on AVX2: dequantisation, the column pass with one row per vector, a
 /// transpose, the row pass, a transpose back, then saturating packs to bytes.
 ///
+/// Writes through checked slices (an `out` too short panics).
+///
 /// # Safety
-/// The CPU must support AVX2; `out.len() >= 7 * stride + 8`.
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn idct_avx2(block: &mut Block, quant: &Block, out: &mut [u8], stride: usize) {

@@ -13,6 +13,10 @@
 //! Huffman code happens to resynchronise after within a few blocks can still pass: JPEG has
 //! no checksum. Baseline, extended (8-bit) and progressive Huffman JPEGs are checked; other
 //! processes (lossless, hierarchical, arithmetic coding, 12-bit) are refused as unsupported.
+//!
+//! The walk is generic over a [`Sink`]: the check alone passes [`NoSink`] (value bits skipped,
+//! nothing stored); the fast decoder (`decode.rs`) passes one that takes the decoded
+//! coefficients of sequential scans, so checking and decoding share one Huffman pass.
 
 /// Code lengths up to this are decoded by one table lookup.
 const LOOKAHEAD: u32 = 10;
