@@ -4,7 +4,7 @@
 //! Every JPEG passes [`scan::check`] before it is decoded: the decoder fills what a truncated
 //! or corrupt stream lacks, the check refuses it (see `docs/design.md §3`, training db). The
 //! kinds training crops are (sequential, grey or YCbCr 4:4:4 / 4:2:2 / 4:2:0) are decoded by
-//! [`decode`] in the same pass as the check; the rest by zune-jpeg after the check.
+//! `decode` in the same pass as the check; the rest by zune-jpeg after the check.
 
 mod color;
 mod decode;
