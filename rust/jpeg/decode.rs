@@ -376,6 +376,28 @@ mod tests {
     }
 
     #[test]
+    fn rgb_colour_transforms_are_left_to_the_general_decoder() {
+        let rgb = image(16, 16, 0, 3);
+        let jpeg = encode(&rgb, 16, 16, Some(SamplingFactor::F_1_1), 0);
+        let mut out = vec![0u8; rgb.len()];
+        let taken = |data: &[u8], out: &mut [u8]| {
+            super::check_and_decode(data, 8192, out, (16, 16), false)
+                .unwrap()
+                .1
+        };
+        assert!(taken(&jpeg, &mut out));
+        // An Adobe APP14 marker with transform 0 (components are R, G, B, not YCbCr).
+        let mut adobe = vec![0xFF, 0xEE, 0x00, 0x0E];
+        adobe.extend_from_slice(b"Adobe\x00\x64\x00\x00\x00\x00\x00");
+        let with_adobe = [&jpeg[..2], &adobe[..], &jpeg[2..]].concat();
+        assert!(!taken(&with_adobe, &mut out));
+        // Transform 1 (YCbCr) is taken.
+        let mut ycc = with_adobe.clone();
+        ycc[2 + 4 + 11] = 1;
+        assert!(taken(&ycc, &mut out));
+    }
+
+    #[test]
     fn corrupt_scans_are_refused_and_leave_no_state_behind() {
         let (height, width) = (40, 48);
         let rgb = image(height, width, 8, 9);
