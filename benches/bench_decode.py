@@ -30,8 +30,9 @@ from f2c.data.sources import open_training_source
 
 simplejpeg = pytest.importorskip("simplejpeg")
 
-IMAGES = {112: 1024, 224: 256}
-CHUNK = {112: 64, 224: 32}
+IMAGES = {112: 1024, 224: 512}
+# Rows per read call: training-sized batches (each call wakes the decode threads once).
+CHUNK = {112: 256, 224: 128}
 
 
 def render_jpegs(size: int, count: int, noise: float) -> list[bytes]:
