@@ -79,7 +79,10 @@ class LmdbReader:
     @property
     def index(self) -> KvIndex: ...
     def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+        self,
+        rows: npt.ArrayLike,
+        flip: npt.ArrayLike | None = None,
+        out: npt.NDArray[np.uint8] | None = None,  # [N, H, W, 3] uint8, C order: filled
     ) -> npt.NDArray[np.uint8]: ...
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...
 
@@ -126,7 +129,10 @@ class RecordIOReader:
     def key(self, row: int) -> int: ...
     def offset(self, row: int) -> int: ...
     def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+        self,
+        rows: npt.ArrayLike,
+        flip: npt.ArrayLike | None = None,
+        out: npt.NDArray[np.uint8] | None = None,  # [N, H, W, 3] uint8, C order: filled
     ) -> npt.NDArray[np.uint8]: ...
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...  # image bytes as stored
     def prefetch(self, rows: npt.ArrayLike) -> None: ...  # read ahead (copies in file order)

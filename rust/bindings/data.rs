@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyArray4, PyArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
@@ -116,11 +116,29 @@ pub(super) fn read_batch<'py>(
     py: Python<'py>,
     n: usize,
     (height, width): (usize, usize),
+    out: Option<&Bound<'py, PyAny>>,
     read_into: impl FnOnce(&mut [u8]) -> crate::error::Result<()> + Send,
 ) -> PyResult<Bound<'py, PyArray4<u8>>> {
-    let batch = zeros_u8(py, [n, height, width, 3])?;
+    let shape = [n, height, width, 3];
+    let batch = match out {
+        None => zeros_u8(py, shape)?,
+        Some(out) => {
+            let wrong = || {
+                PyValueError::new_err(format!(
+                    "out must be a C-contiguous, writeable uint8 array of shape {shape:?}"
+                ))
+            };
+            let array = out.cast::<PyArray4<u8>>().map_err(|_| wrong())?;
+            if array.shape() != shape || !array.is_c_contiguous() {
+                return Err(wrong());
+            }
+            array.clone()
+        }
+    };
     {
-        let mut view = batch.readwrite();
+        let mut view = batch
+            .try_readwrite()
+            .map_err(|e| PyValueError::new_err(format!("out cannot be written: {e}")))?;
         let out = view.as_slice_mut()?;
         py.detach(|| read_into(out))?;
     }
@@ -257,17 +275,18 @@ impl PyLmdbReader {
         self.index.clone_ref(py)
     }
 
-    #[pyo3(signature = (rows, flip = None))]
+    #[pyo3(signature = (rows, flip = None, out = None))]
     fn read<'py>(
         &self,
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
         flip: Option<&Bound<'py, PyAny>>,
+        out: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray4<u8>>> {
         let rows = checked_rows(self.inner.index(), rows)?;
         let flips = flips_for(rows.len(), flip)?;
         let size = py.detach(|| self.inner.image_size())?;
-        read_batch(py, rows.len(), size, |out| {
+        read_batch(py, rows.len(), size, out, |out| {
             self.inner.read_into(&rows, &flips, out)
         })
     }

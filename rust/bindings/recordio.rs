@@ -173,17 +173,18 @@ impl PyRecordIoReader {
         Ok(self.inner.offset(self.inner.check_row(row)?))
     }
 
-    #[pyo3(signature = (rows, flip = None))]
+    #[pyo3(signature = (rows, flip = None, out = None))]
     fn read<'py>(
         &self,
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
         flip: Option<&Bound<'py, PyAny>>,
+        out: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray4<u8>>> {
         let rows = checked_rows(&self.inner, rows)?;
         let flips = flips_for(rows.len(), flip)?;
         let size = py.detach(|| self.inner.image_size())?;
-        read_batch(py, rows.len(), size, |out| {
+        read_batch(py, rows.len(), size, out, |out| {
             self.inner.read_into(&rows, &flips, out)
         })
     }

@@ -76,7 +76,10 @@ class TrainingSource(Protocol):
     def name(self) -> str: ...
 
     def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+        self,
+        rows: npt.ArrayLike,
+        flip: npt.ArrayLike | None = None,
+        out: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.uint8]: ...
 
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]: ...
@@ -208,9 +211,12 @@ class _ReaderBacked:
         return int(height), int(width)
 
     def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+        self,
+        rows: npt.ArrayLike,
+        flip: npt.ArrayLike | None = None,
+        out: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.uint8]:
-        return self.reader.read(rows, flip=flip)
+        return self.reader.read(rows, flip=flip, out=out)
 
     def read_bytes(self, rows: npt.ArrayLike) -> list[bytes]:
         return self.reader.read_bytes(rows)
@@ -426,14 +432,21 @@ class MixedSource:
         return rows, which
 
     def read(
-        self, rows: npt.ArrayLike, flip: npt.ArrayLike | None = None
+        self,
+        rows: npt.ArrayLike,
+        flip: npt.ArrayLike | None = None,
+        out: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.uint8]:
         rows, which = self._split(rows)
         flips = np.zeros(rows.shape, bool) if flip is None else np.asarray(flip, dtype=bool)
         if flips.shape != rows.shape:
             raise ValueError(f"flip has {flips.size} entries for {rows.size} rows")
         height, width = self.image_size
-        out = np.empty((rows.size, height, width, 3), np.uint8)
+        shape = (rows.size, height, width, 3)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif out.dtype != np.uint8 or out.shape != shape:
+            raise ValueError(f"out must be a uint8 array of shape {shape}")
         for i, source in enumerate(self.sources):
             mine = which == i
             if mine.any():
