@@ -3,8 +3,12 @@ forked and spawned workers, errors; and how ``--data PATH`` is recognised."""
 
 from __future__ import annotations
 
+import gc
 import pickle
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from f2c.data import (
     resolve_data_path,
 )
 from f2c.data.db import STAGING_MARKER
-from f2c.data.loaders import IdentityDataset, InstanceDataset, make_loader
+from f2c.data.loaders import IdentityDataset, InstanceDataset, PrefetchLoader, make_loader
 from f2c.data.samplers import DistributedIdentitySampler, DistributedInstanceSampler, ReadRequest
 from f2c.data.synthetic import SyntheticDataset
 
@@ -55,8 +59,9 @@ def rec(data: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_instance_items_are_uint8_batches_with_labels(db: LmdbSource) -> None:
     rows = np.array([5, 0, 17, 17], dtype=np.int64)
     flips = np.array([False, True, False, True])
-    images, labels = InstanceDataset(db)[ReadRequest(rows, flips, step=0)]
-    assert images.dtype == np.uint8 and images.shape == (4, 32, 32, 3)
+    batch, labels = InstanceDataset(db)[ReadRequest(rows, flips, step=0)]
+    assert batch.dtype == torch.uint8 and batch.shape == (4, 32, 32, 3)
+    images = batch.numpy()
     assert np.array_equal(labels, db.labels[rows])
     # Flips mirror the image horizontally; unflipped rows match a plain read.
     plain = db.reader.read(rows)
@@ -70,9 +75,10 @@ def test_identity_items_are_two_views_of_one_identity(db: LmdbSource) -> None:
     request = next(iter(sampler))
     view1, view2, labels = IdentityDataset(db)[request]
     assert view1.shape == view2.shape == (6, 32, 32, 3)
+    assert view1.dtype == view2.dtype == torch.uint8
     assert np.array_equal(labels, db.labels[request.rows[:6]])
     assert len(set(labels.tolist())) == 6
-    assert not np.array_equal(view1, view2)  # different images (4 per identity here)
+    assert not torch.equal(view1, view2)  # different images (4 per identity here)
 
 
 def _drain(loader: torch.utils.data.DataLoader) -> list[tuple[torch.Tensor, ...]]:
@@ -122,6 +128,99 @@ def test_worker_errors_surface_with_their_cause(data: SyntheticDataset, tmp_path
         next(iter(loader))
     assert "DataLoader worker" in str(info.value)
     assert db.index.key(missing) == b"no_such_key"
+
+
+class _CountingDataset(InstanceDataset):
+    """Counts the requests read (from the read-ahead thread)."""
+
+    def __init__(self, source: LmdbSource) -> None:
+        super().__init__(source)
+        self.reads = 0
+
+    def __getitem__(self, request: ReadRequest) -> tuple[torch.Tensor, np.ndarray]:
+        self.reads += 1
+        return super().__getitem__(request)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_prefetch_loader_reads_the_sampler_in_order_and_only_so_far_ahead(db: LmdbSource) -> None:
+    sampler = DistributedInstanceSampler(len(db), 8, seed=5)
+    sampler.set_epoch(3)
+    dataset = _CountingDataset(db)
+    loader = make_loader(dataset, sampler, workers=0, prefetch=2)
+    assert isinstance(loader, PrefetchLoader)
+    it = iter(loader)
+    first = next(it)
+    # One batch taken, two ready, one read and waiting for room: never more.
+    assert _wait_for(lambda: dataset.reads == 4)
+    time.sleep(0.2)
+    assert dataset.reads == 4
+    got = [first, *it]
+    want = list(sampler)
+    assert len(got) == len(want) == len(sampler)
+    for (images, labels), request in zip(got, want, strict=True):
+        assert images.dtype == torch.uint8
+        assert np.array_equal(images.numpy(), db.read(request.rows, request.flips))
+        assert np.array_equal(labels.numpy(), db.labels[request.rows])
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_prefetch_loader_errors_surface_and_threads_end(data: SyntheticDataset,
+                                                        tmp_path: Path) -> None:
+    kv = tmp_path / "broken.kv"
+    shutil.copy(data.kv_path, kv)
+    with open(kv, "a") as f:
+        f.write("no_such_key 3\n")
+    broken = LmdbSource([data.lmdb_path], [kv])
+    sampler = DistributedInstanceSampler(len(broken), len(broken), seed=0)  # one batch
+    it = iter(make_loader(InstanceDataset(broken), sampler, workers=0))
+    with pytest.raises(KeyError, match="no_such_key"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    assert not any(t.name == "f2c-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    # An endless stream: close() stops its thread; an abandoned iterator's thread stops too.
+    source = LmdbSource([data.lmdb_path], [data.kv_path])
+    identities = DistributedIdentitySampler(source.identity_offsets, source.identity_rows, 4)
+    loader = make_loader(IdentityDataset(source), identities, workers=0)
+    endless = iter(loader)
+    next(endless)
+    endless.close()  # type: ignore[attr-defined]
+    abandoned = iter(loader)
+    next(abandoned)
+    del abandoned
+    gc.collect()
+    assert _wait_for(
+        lambda: not any(t.name == "f2c-prefetch" and t.is_alive() for t in threading.enumerate())
+    )
+
+
+def test_reads_fill_a_callers_buffer(db: LmdbSource, rec: Path) -> None:
+    rows = np.array([3, 1, 4], dtype=np.int64)
+    flips = np.array([True, False, True])
+    for source in (db, open_training_source(rec)):
+        want = source.read(rows, flips)
+        out = np.full(want.shape, 7, np.uint8)
+        assert source.read(rows, flips, out=out) is out
+        assert np.array_equal(out, want)
+        for bad in (np.empty(want.shape, np.float32), np.empty((2, *want.shape[1:]), np.uint8),
+                    np.empty(want.shape[::-1], np.uint8).transpose(3, 2, 1, 0)):
+            with pytest.raises(ValueError, match="out must be"):
+                source.read(rows, flips, out=bad)
+        frozen = np.empty_like(want)
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError, match="out cannot be written"):
+            source.read(rows, flips, out=frozen)
 
 
 def test_lmdb_source_errors_name_the_path(data: SyntheticDataset, tmp_path: Path) -> None:

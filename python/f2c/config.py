@@ -111,11 +111,13 @@ class DataConfig:
     # Several sources are combined with label offsets, in order. Empty: the synthetic dataset.
     sources: list[DataSource] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    # DataLoader worker processes, split between the two loaders (instance gets the odd one).
-    # 0 reads in the training process: on a CPU-only machine the Rust reader costs ~1-2% of a
-    # step, and workers would compete with the compute threads for the cores.
-    workers: int = 2
-    # Batches each worker keeps ready (DataLoader prefetch_factor); ignored with 0 workers.
+    # 0: each loader reads in the training process on one read-ahead thread (the Rust reader
+    # decodes on all cores without the GIL, and no batch crosses a process boundary). N > 0:
+    # DataLoader worker processes, split between the two loaders (instance gets the odd one);
+    # each batch then goes through shared memory.
+    workers: int = 0
+    # Batches each loader keeps ready: per worker (DataLoader prefetch_factor), or per
+    # read-ahead thread.
     prefetch: int = 2
 
 

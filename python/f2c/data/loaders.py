@@ -8,19 +8,25 @@ whole batch, in Rust, GIL released). Normalisation happens later, on the trainin
 * ``InstanceDataset``: request → ``(images uint8 [B, H, W, 3], labels int64 [B])``.
 * ``IdentityDataset``: request → ``(view1 [B, H, W, 3], view2 [B, H, W, 3], labels [B])``.
 
-Sources open their readers in the process that reads (the main process or a DataLoader worker,
-forked or spawned). Errors raised in a worker reach the training loop with the worker's
-traceback (DataLoader re-raises them); nothing is caught here.
+With ``workers == 0`` a loader reads in the training process, on one background thread that
+keeps ``prefetch`` batches ready (:class:`PrefetchLoader`): the reader decodes with its own
+threads and without the GIL, so this costs no inter-process copy. With ``workers > 0`` it is a
+DataLoader whose workers decode straight into shared memory. Sources open their readers in the
+process that reads (the main process or a DataLoader worker, forked or spawned). Errors reach
+the training loop with their traceback (re-raised by the loader); nothing is caught here.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from f2c.data.samplers import (
     DistributedIdentitySampler,
@@ -32,10 +38,27 @@ from f2c.data.sources import TrainingSource
 __all__ = [
     "IdentityDataset",
     "InstanceDataset",
+    "PrefetchLoader",
     "make_loader",
 ]
 
 PathLike = str | os.PathLike[str]
+
+
+def _read_batch(source: TrainingSource, request: ReadRequest) -> torch.Tensor:
+    """The request's images as a uint8 ``[N, H, W, 3]`` tensor. In a DataLoader worker the
+    reader decodes straight into shared memory, so handing the batch to the training process
+    copies nothing (a tensor in private memory would be copied into shared memory there)."""
+    height, width = source.image_size
+    shape = (int(request.rows.shape[0]), height, width, 3)
+    if get_worker_info() is None:
+        return torch.from_numpy(source.read(request.rows, request.flips))
+    count = shape[0] * height * width * 3
+    images = torch.empty(0, dtype=torch.uint8).set_(
+        torch.UntypedStorage._new_shared(count), 0, shape
+    )
+    source.read(request.rows, request.flips, out=images.numpy())
+    return images
 
 
 class InstanceDataset(Dataset):
@@ -47,9 +70,8 @@ class InstanceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, request: ReadRequest) -> tuple[np.ndarray, np.ndarray]:
-        images = self.source.read(request.rows, request.flips)
-        return images, self.source.labels[request.rows]
+    def __getitem__(self, request: ReadRequest) -> tuple[torch.Tensor, np.ndarray]:
+        return _read_batch(self.source, request), self.source.labels[request.rows]
 
 
 class IdentityDataset(Dataset):
@@ -61,13 +83,112 @@ class IdentityDataset(Dataset):
     def __len__(self) -> int:
         return int(self.source.num_classes)
 
-    def __getitem__(self, request: ReadRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __getitem__(
+        self, request: ReadRequest
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         half = request.rows.shape[0] // 2
-        images = self.source.read(request.rows, request.flips)
+        images = _read_batch(self.source, request)
         labels = self.source.labels[request.rows]
         if not np.array_equal(labels[:half], labels[half:]):
             raise RuntimeError("identity request pairs rows of different labels (index mismatch)")
         return images[:half], images[half:], labels[:half]
+
+
+def _offer(ready: queue.Queue[Any], stop: threading.Event, item: Any) -> bool:
+    """Queues ``item`` unless ``stop`` is set meanwhile."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+_END = object()
+
+
+def _prefetch(ready: queue.Queue[Any], stop: threading.Event, dataset: Dataset,
+              requests: Iterator[ReadRequest], pin_memory: bool) -> None:
+    """The read-ahead thread: batches, then ``_END`` (or the exception that stopped it). It
+    holds no reference to its iterator, so an abandoned iterator is collected and stops it."""
+    try:
+        for request in requests:
+            batch = _to_tensors(dataset[request])
+            if pin_memory:
+                batch = tuple(t.pin_memory() for t in batch)
+            if not _offer(ready, stop, batch):
+                return
+        _offer(ready, stop, _END)
+    except BaseException as exc:  # handed to the consumer, which re-raises it
+        _offer(ready, stop, exc)
+
+
+class _PrefetchIterator:
+    """Reads the batches of ``requests`` on a daemon thread, at most ``depth`` ahead."""
+
+    def __init__(self, dataset: Dataset, requests: Iterator[ReadRequest], depth: int,
+                 pin_memory: bool) -> None:
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_prefetch, args=(self._ready, self._stop, dataset, requests, pin_memory),
+            name="f2c-prefetch", daemon=True,
+        )
+        self._thread.start()
+
+    def __iter__(self) -> _PrefetchIterator:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._ready.get()
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stops the thread (it finishes the batch it is reading) and drops what was read."""
+        self._stop.set()
+        while True:
+            try:
+                self._ready.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+class PrefetchLoader:
+    """Batches of ``dataset`` for the requests of ``sampler``, read on a background thread of
+    this process, ``prefetch`` ahead. Each ``iter()`` starts a new pass over the sampler (call
+    ``sampler.set_epoch`` first); items are tuples of tensors, as from :func:`make_loader`'s
+    DataLoader."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: DistributedInstanceSampler | DistributedIdentitySampler,
+        *,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
+
+    def __iter__(self) -> _PrefetchIterator:
+        return _PrefetchIterator(self.dataset, iter(self.sampler), self.prefetch, self.pin_memory)
 
 
 def make_loader(
@@ -77,16 +198,17 @@ def make_loader(
     workers: int,
     prefetch: int = 2,
     pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader whose items are whole batches (``batch_size=None``).
+) -> DataLoader | PrefetchLoader:
+    """A loader whose items are whole batches: with ``workers == 0`` a
+    :class:`PrefetchLoader` (this process, one read-ahead thread), else a DataLoader
+    (``batch_size=None``) with that many worker processes.
 
     Workers persist across epochs (``persistent_workers``): the instance loader is re-iterated
     each epoch after ``sampler.set_epoch``; the identity sampler is endless, so one iterator
     serves the whole run.
     """
-    kwargs: dict[str, Any] = {}
-    if workers > 0:
-        kwargs.update(prefetch_factor=prefetch, persistent_workers=True)
+    if workers == 0:
+        return PrefetchLoader(dataset, sampler, prefetch=prefetch, pin_memory=pin_memory)
     return DataLoader(
         dataset,
         batch_size=None,
@@ -98,9 +220,13 @@ def make_loader(
         # the global torch RNG (the training step's randomness) at resume-dependent times.
         # Workers draw nothing random: rows and flips come from the sampler.
         generator=torch.Generator().manual_seed(0),
-        **kwargs,
+        prefetch_factor=prefetch,
+        persistent_workers=True,
     )
 
 
-def _to_tensors(batch: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in batch)
+def _to_tensors(batch: tuple[np.ndarray | torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        for a in batch
+    )

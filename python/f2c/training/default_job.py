@@ -21,7 +21,8 @@ __all__ = ["DEFAULT_JOB", "SyntheticData", "cache_root", "prepare_synthetic"]
 
 # Overrides (section.key -> value) applied when no data source is configured.
 DEFAULT_JOB: dict[str, Any] = {
-    # Reading in the training process: ~2% of a CPU step, and no worker competes for the cores.
+    # Reading in the training process (one read-ahead thread): ~2% of a CPU step, and no worker
+    # process competes for the cores.
     "data.workers": 0,
     # A plain 1M-parameter CNN at 48x48: ~450 img/s on 2 cores (MobileFaceNet at 112x112 runs
     # over 10x slower there, dominated by depthwise-conv and PReLU backward kernels).

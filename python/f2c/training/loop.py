@@ -279,9 +279,12 @@ class Trainer:
         self._identity_iter = iter(self.identity_loader)
 
     def _close_identity_stream(self) -> None:
-        shutdown = getattr(self._identity_iter, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        # A PrefetchLoader's iterator closes; a DataLoader's shuts its workers down.
+        for name in ("close", "_shutdown_workers"):
+            shutdown = getattr(self._identity_iter, name, None)
+            if shutdown is not None:
+                shutdown()
+                break
         self._identity_iter = None
 
     def _train_row(self, result: StepResult, window: RunStats) -> dict[str, Any]:
