@@ -2,9 +2,10 @@
 
 One training step reads an identity batch (``B`` identities, two views each: ``2B`` images) and
 an instance batch (``B`` images). The loaders run as the trainer builds them
-(``f2c.training.build.build_loaders``: ``data.workers`` DataLoader worker processes split
-between the two loaders, uint8 batches collated into torch tensors); the bare reader reads
-the same rows with the same flips in this process (``source.read``, decode threads = cores).
+(``f2c.training.build.build_loaders``, uint8 batches as torch tensors) with the default
+``data.workers = 0`` (one read-ahead thread per loader in this process) and, for comparison,
+with 2 DataLoader worker processes split between the two loaders; the bare reader reads the
+same rows with the same flips in this process (``source.read``, decode threads = cores).
 The two are timed alternately, so other load on the machine hits both; ``extra_info`` holds
 img/s of each and the ratio loaders / reader:
 
@@ -54,6 +55,10 @@ def build_db(folder: Path, size: int, identities: int, per_identity: int) -> Pat
     return folder
 
 
+PREFETCH = DataConfig().prefetch
+SETTLE_SECONDS = 0.5
+
+
 def _samplers(source: TrainingSource, batch: int, seed: int) -> tuple[Any, Any]:
     identity = DistributedIdentitySampler(
         source.identity_offsets, source.identity_rows, batch, seed=seed
@@ -94,11 +99,14 @@ def _loader_bench(benchmark: Any, folder: Path, batch: int, steps: int, rounds: 
     times: dict[str, list[float]] = {"loaders": [], "reader": []}
     images_per_step = 3 * batch
 
-    def loaders_run() -> None:
-        for _ in range(steps):
+    def take(count: int) -> None:
+        for _ in range(count):
             view1, view2, _ = next(identities)
             images, _ = next(instance_batches)
             assert view1.dtype == torch.uint8 and images.shape[0] == batch
+
+    def loaders_run() -> None:
+        take(steps)
 
     def reader_run() -> None:
         for _ in range(steps):
@@ -111,10 +119,15 @@ def _loader_bench(benchmark: Any, folder: Path, batch: int, steps: int, rounds: 
     reader_run()
 
     def both() -> None:
+        # Steady state: the batches the loaders read ahead while idle are taken untimed, and
+        # the reader starts once the loaders have refilled their queues (nothing reads
+        # meanwhile).
+        take(PREFETCH)
         for name, run in (("loaders", loaders_run), ("reader", reader_run)):
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+            time.sleep(SETTLE_SECONDS)
 
     benchmark.pedantic(both, rounds=rounds, warmup_rounds=0)
     rates = {k: steps * images_per_step / float(np.median(v)) for k, v in times.items()}
@@ -134,11 +147,13 @@ def moderate_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.benchmark(group="loaders vs bare reader")
-def bench_loaders_small(benchmark: Any, small_db: Path) -> None:
-    _loader_bench(benchmark, small_db, batch=16, steps=2, rounds=1, workers=2)
+@pytest.mark.parametrize("workers", [0, 2])
+def bench_loaders_small(benchmark: Any, small_db: Path, workers: int) -> None:
+    _loader_bench(benchmark, small_db, batch=16, steps=2, rounds=1, workers=workers)
 
 
 @pytest.mark.slow
 @pytest.mark.benchmark(group="loaders vs bare reader")
-def bench_loaders_moderate(benchmark: Any, moderate_db: Path) -> None:
-    _loader_bench(benchmark, moderate_db, batch=128, steps=20, rounds=7, workers=2)
+@pytest.mark.parametrize("workers", [DataConfig().workers, 2])
+def bench_loaders_moderate(benchmark: Any, moderate_db: Path, workers: int) -> None:
+    _loader_bench(benchmark, moderate_db, batch=128, steps=40, rounds=7, workers=workers)
