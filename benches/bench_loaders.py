@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def _samplers(source: TrainingSource, batch: int, seed: int) -> tuple[Any, Any]:
     return identity, instance
 
 
+def _epochs(sampler: DistributedInstanceSampler, items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` (the sampler itself, or a loader over it) epoch after epoch, endlessly."""
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from items
+
+
 def _loader_bench(benchmark: Any, folder: Path, batch: int, steps: int, rounds: int,
                   workers: int) -> None:
     source = open_training_source(folder)
@@ -76,25 +84,11 @@ def _loader_bench(benchmark: Any, folder: Path, batch: int, steps: int, rounds: 
         torch.device("cpu"),
     )
     identities = iter(identity_loader)
-    epoch = itertools.count()
-
-    def instances() -> Any:
-        while True:
-            instance_sampler.set_epoch(next(epoch))
-            yield from instance_loader
-
-    instance_batches = instances()
+    instance_batches = _epochs(instance_sampler, instance_loader)
     # The bare reader reads what the same samplers (fresh copies) ask for.
     bare_identity, bare_instance = _samplers(source, batch, seed=1)
     bare_identity_requests = iter(bare_identity)
-    bare_instance_epoch = itertools.count()
-
-    def bare_instances() -> Any:
-        while True:
-            bare_instance.set_epoch(next(bare_instance_epoch))
-            yield from bare_instance
-
-    bare_instance_requests = bare_instances()
+    bare_instance_requests = _epochs(bare_instance, bare_instance)
     reader = open_training_source(folder)
     times: dict[str, list[float]] = {"loaders": [], "reader": []}
     images_per_step = 3 * batch
