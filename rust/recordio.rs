@@ -1029,18 +1029,10 @@ impl RecordIoReader {
     }
 
     /// Calls `f` with a checked row's image once it is known to be a JPEG whose frame header
-    /// says it is `size` (height, width) (the first image's size when `None`); errors name the
-    /// record. No entropy-coded data is read: [`Self::read_into`] checks that.
-    pub fn with_jpeg<T>(
-        &self,
-        row: usize,
-        size: Option<(usize, usize)>,
-        f: impl FnOnce(&[u8]) -> T,
-    ) -> Result<T> {
-        let want = match size {
-            Some(size) => size,
-            None => self.image_size()?,
-        };
+    /// says it has the pack's image size (the first image's); errors name the record. No
+    /// entropy-coded data is read: [`Self::read_into`] checks that.
+    pub fn with_jpeg<T>(&self, row: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        let want = self.image_size()?;
         self.with_image(row, |image| {
             let jpeg = jpeg_image(image)?;
             let got = jpeg::jpeg_header_size(jpeg, jpeg::MAX_SIDE)?;

@@ -94,21 +94,19 @@ impl PyLmdbWriter {
         let labels = labels.as_slice()?;
         let inner = &mut self.inner;
         let lines = py.detach(|| -> Result<Vec<u8>, F2cError> {
-            let size = source.image_size()?;
-            let mut key = String::new();
+            let keys: Vec<String> = rows
+                .iter()
+                .map(|&row| format!("{:0key_width$}", source.key(row)))
+                .collect();
             inner.write_batch(|sink| {
-                for &row in &rows {
-                    key.clear();
-                    key.push_str(&format!("{:0key_width$}", source.key(row)));
-                    source.with_jpeg(row, Some(size), |jpeg| sink(key.as_bytes(), jpeg))??;
+                for (&row, key) in rows.iter().zip(&keys) {
+                    source.with_jpeg(row, |jpeg| sink(key.as_bytes(), jpeg))??;
                 }
                 Ok(())
             })?;
             let mut lines = Vec::with_capacity(rows.len() * (key_width + 8));
-            for &row in &rows {
-                lines.extend_from_slice(
-                    format!("{:0key_width$} {}\n", source.key(row), labels[row]).as_bytes(),
-                );
+            for (&row, key) in rows.iter().zip(&keys) {
+                lines.extend_from_slice(format!("{key} {}\n", labels[row]).as_bytes());
             }
             Ok(lines)
         })?;
