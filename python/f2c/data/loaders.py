@@ -49,14 +49,14 @@ def _read_batch(source: TrainingSource, request: ReadRequest) -> torch.Tensor:
     """The request's images as a uint8 ``[N, H, W, 3]`` tensor. In a DataLoader worker the
     reader decodes straight into shared memory, so handing the batch to the training process
     copies nothing (a tensor in private memory would be copied into shared memory there)."""
+    # torch's own constructor of shared storage (what DataLoader would copy a batch into).
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if get_worker_info() is None or new_shared is None:
+        return torch.from_numpy(source.read(request.rows, request.flips))
     height, width = source.image_size
     shape = (int(request.rows.shape[0]), height, width, 3)
-    if get_worker_info() is None:
-        return torch.from_numpy(source.read(request.rows, request.flips))
-    count = shape[0] * height * width * 3
-    images = torch.empty(0, dtype=torch.uint8).set_(
-        torch.UntypedStorage._new_shared(count), 0, shape
-    )
+    images = torch.empty(0, dtype=torch.uint8).set_(new_shared(shape[0] * height * width * 3),
+                                                    0, shape)
     source.read(request.rows, request.flips, out=images.numpy())
     return images
 
