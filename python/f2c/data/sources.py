@@ -201,9 +201,33 @@ def _pair_spec(lmdb: PathLike, kv: PathLike) -> LmdbSpec:
 
 class _ReaderBacked:
     """Image access through a Rust reader (``LmdbReader`` or ``RecordIOReader``): both take the
-    same rows and flips and give the same uint8 batches."""
+    same rows and flips and give the same uint8 batches. Rows, labels and the per-identity CSR
+    come from :attr:`_labelled` (a ``KvIndex``, or the ``RecordIOReader`` itself)."""
 
     reader: Any
+
+    @property
+    def _labelled(self) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._labelled)
+
+    @property
+    def labels(self) -> npt.NDArray[np.int64]:
+        return np.asarray(self._labelled.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._labelled.num_classes)
+
+    @property
+    def identity_offsets(self) -> npt.NDArray[np.int64]:
+        return np.asarray(self._labelled.identity_offsets)
+
+    @property
+    def identity_rows(self) -> npt.NDArray[np.int64]:
+        return np.asarray(self._labelled.identity_rows)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -259,8 +283,9 @@ class LmdbSource(_ReaderBacked):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["lmdb"], state["kv"], num_threads=state["threads"])  # type: ignore[misc]
 
-    def __len__(self) -> int:
-        return len(self.index)
+    @property
+    def _labelled(self) -> KvIndex:
+        return self.index  # no reader needed (it opens lazily, per process)
 
     def __repr__(self) -> str:
         return f"LmdbSource({self.name}, rows={len(self)}, num_classes={self.num_classes})"
@@ -268,22 +293,6 @@ class LmdbSource(_ReaderBacked):
     @property
     def name(self) -> str:
         return ", ".join(self.lmdb_paths)
-
-    @property
-    def labels(self) -> npt.NDArray[np.int64]:
-        return np.asarray(self.index.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.index.num_classes)
-
-    @property
-    def identity_offsets(self) -> npt.NDArray[np.int64]:
-        return np.asarray(self.index.identity_offsets)
-
-    @property
-    def identity_rows(self) -> npt.NDArray[np.int64]:
-        return np.asarray(self.index.identity_rows)
 
 
 
@@ -319,8 +328,9 @@ class RecordIOSource(_ReaderBacked):
             label_source=state["label_source"],
         )
 
-    def __len__(self) -> int:
-        return len(self.reader)
+    @property
+    def _labelled(self) -> RecordIOReader:
+        return self.reader
 
     def __repr__(self) -> str:
         return f"RecordIOSource({self.rec}, rows={len(self)}, num_classes={self.num_classes})"
@@ -328,22 +338,6 @@ class RecordIOSource(_ReaderBacked):
     @property
     def name(self) -> str:
         return self.rec
-
-    @property
-    def labels(self) -> npt.NDArray[np.int64]:
-        return self.reader.labels
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.reader.num_classes)
-
-    @property
-    def identity_offsets(self) -> npt.NDArray[np.int64]:
-        return self.reader.identity_offsets
-
-    @property
-    def identity_rows(self) -> npt.NDArray[np.int64]:
-        return self.reader.identity_rows
 
 
 
