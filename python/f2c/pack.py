@@ -41,6 +41,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -518,7 +519,10 @@ def pack_recordio(
                     rows = pending.result()
                     if i + 1 < len(starts):
                         pending = ahead.submit(decoded, starts[i + 1])
-                    _copy_records(writer, reader, rows, width, skip_bad, skipped)
+                    # A batch holding a record that is not a JPEG of the pack's size is refused
+                    # whole (its transaction aborted); with skip_bad its records then go one by one.
+                    _passing(reader, rows, partial(writer.add_recordio, reader, key_width=width),
+                             skip_bad, skipped)
                     bar.update(min(batch, rows_total - starts[i]))
             if writer.count == 0:
                 raise BadImageError(f"every record of {rec} was unusable")
@@ -535,9 +539,9 @@ def _passing(
     skip_bad: bool,
     skipped: list[tuple[str, str]],
 ) -> np.ndarray:
-    """``rows`` that ``check`` accepts. A refused batch raises ``BadImageError`` (its message
-    names the record) or, with ``skip_bad``, is checked row by row, the refused ones going to
-    ``skipped``."""
+    """``rows`` that ``check`` accepts (``check`` may also do the work, such as copying them). A
+    refused batch raises ``BadImageError`` (its message names the record) or, with
+    ``skip_bad``, is checked row by row, the refused ones going to ``skipped``."""
     try:
         check(rows)
         return rows
@@ -553,32 +557,6 @@ def _passing(
             continue
         good.append(row)
     return np.asarray(good, dtype=np.int64)
-
-
-def _copy_records(
-    writer: TrainingDbWriter,
-    reader: RecordIOReader,
-    rows: np.ndarray,
-    width: int,
-    skip_bad: bool,
-    skipped: list[tuple[str, str]],
-) -> None:
-    """Copies ``rows`` into the db; a record that is not a JPEG of the pack's image size is an
-    error or, with ``skip_bad``, skipped (its batch is then copied without it)."""
-    if len(rows) == 0:
-        return
-    try:
-        writer.add_recordio(reader, rows, width)
-        return
-    except ValueError as exc:
-        if not skip_bad:
-            raise BadImageError(str(exc)) from None
-    # The batch's transaction was aborted: copy its records one by one, skipping the bad.
-    for row in rows.tolist():
-        try:
-            writer.add_recordio(reader, np.array([row], dtype=np.int64), width)
-        except ValueError as exc:
-            skipped.append((str(reader.key(row)), str(exc)))
 
 
 # --------------------------------------------------------------------------- CLI
